@@ -1,0 +1,48 @@
+"""The `digits` command: one entry point, one subcommand per part of the project.
+
+Each subcommand's module is imported only when that subcommand runs, so
+`digits serve` and `digits score` never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# subcommand -> (module, one-line help). Each module has add_arguments(parser) and main(args) -> int.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("training.train", "train an MLP or LeNet-5 and export it to ONNX"),
+    "export": ("training.export", "export a training checkpoint to ONNX and update a manifest"),
+    "serve": ("service.main", "run the inference service (FastAPI + ONNX Runtime)"),
+    "score": ("clients.score", "score image folders, IDX files or Kaggle CSVs with a model"),
+}
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="digits",
+        description="Handwritten digit recognition: train, export, serve and score models.",
+        epilog="Run `digits COMMAND --help` for the options of each command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        # Only the chosen command's module is imported (its options need it).
+        if name in argv:
+            importlib.import_module(module).add_arguments(p)
+            p.set_defaults(module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser([chosen] if chosen in COMMANDS else [])
+    args = parser.parse_args(argv)
+    return int(importlib.import_module(args.module).main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""The service's own routes: /predict, /models, health, readiness and metrics. Thin: parse, run, answer."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from service import preprocess
+from service.errors import ApiError
+from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from service.registry import ModelRegistry
+from service.schemas import (
+    ErrorResponse,
+    HealthResponse,
+    ImagesRequest,
+    ModelsResponse,
+    PixelsRequest,
+    PredictResponse,
+    ReadyResponse,
+)
+from service.settings import Settings
+
+router = APIRouter()
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": why}
+    for code, why in {
+        404: "unknown model",
+        413: "body, image count or decoded image size over the limit",
+        415: "unsupported content type",
+        422: "undecodable image, blank image, wrong shape, values outside 0-255, or broken JSON",
+        503: "queue full or model not loaded (see Retry-After)",
+        504: "waited longer than the request timeout",
+    }.items()
+}
+
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"oneOf": [{"$ref": "#/components/schemas/PixelsRequest"},
+                                     {"$ref": "#/components/schemas/ImagesRequest"}]},
+                "examples": {
+                    "pixels": {"summary": "one MNIST-style 28x28 array", "value": {"pixels": [[0] * 28] * 28}},
+                    "images": {"summary": "base64-encoded image files", "value": {"images": ["iVBORw0KGgo..."]}},
+                },
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                            "description": "one or more image files (repeat the field)"}},
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
+                    media_type="application/json")
+
+
+def _registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def _preprocess_all(blobs: list[bytes], max_pixels: int) -> np.ndarray:
+    """Encoded images -> float32 [N,1,28,28]; a bad image names its position."""
+    out = np.empty((len(blobs), 1, 28, 28), np.float32)
+    for i, data in enumerate(blobs):
+        try:
+            out[i, 0] = preprocess.preprocess_image_bytes(data, max_pixels=max_pixels)
+        except preprocess.PreprocessError as exc:
+            where = f"image {i}: " if len(blobs) > 1 else ""
+            raise ApiError(exc.status_code, f"{where}{exc}") from None
+    return out
+
+
+def _check_count(n: int, settings: Settings) -> None:
+    if n == 0:
+        raise ApiError(422, "no images in the request; send at least one")
+    if n > settings.max_images_per_request:
+        raise ApiError(413, f"{n} images in one request; the limit is {settings.max_images_per_request}")
+
+
+def _decode_base64(items: Any) -> list[bytes]:
+    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+        raise ApiError(422, '"images" must be a list of base64 strings')
+    blobs = []
+    for i, text in enumerate(items):
+        if text.startswith("data:"):
+            text = text.partition(",")[2]
+        try:
+            blobs.append(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError):
+            raise ApiError(422, f"images[{i}] is not valid base64") from None
+    return blobs
+
+
+async def read_inputs(request: Request, settings: Settings) -> np.ndarray:
+    """Any accepted request body -> float32 [N,1,28,28] MNIST-style pixels."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json" or content_type.endswith("+json"):
+        try:
+            doc = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(422, f"body is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict) or ("pixels" in doc) == ("images" in doc):
+            raise ApiError(422, 'JSON body must be an object with either "pixels" (28x28 arrays) or '
+                                '"images" (base64 image files)')
+        if "pixels" in doc:
+            try:
+                x = preprocess.pixels_to_batch(doc["pixels"])
+            except preprocess.PreprocessError as exc:
+                raise ApiError(exc.status_code, str(exc)) from None
+            _check_count(len(x), settings)
+            return x
+        blobs = _decode_base64(doc["images"])
+    elif content_type == "multipart/form-data":
+        try:
+            form = await request.form(max_files=settings.max_images_per_request + 1, max_fields=16)
+        except StarletteHTTPException as exc:
+            if "Too many files" in str(exc.detail):
+                raise ApiError(413, f"too many files; the limit is {settings.max_images_per_request}") from None
+            raise ApiError(422, f"malformed multipart body: {exc.detail}") from None
+        uploads = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
+        if not uploads:
+            raise ApiError(422, 'multipart body has no image in a field named "file"')
+        _check_count(len(uploads), settings)
+        blobs = [await f.read() for f in uploads]
+        await form.close()
+    elif content_type.startswith("image/"):
+        blobs = [await request.body()]
+    else:
+        raise ApiError(
+            415,
+            f"unsupported content type {content_type or '(none)'!r}; send application/json, "
+            "multipart/form-data with a 'file' field, or an image/* body",
+        )
+    _check_count(len(blobs), settings)
+    return await run_in_threadpool(_preprocess_all, blobs, settings.max_image_pixels)
+
+
+@router.post(
+    "/predict",
+    summary="Predict the digit in one or more images",
+    response_model=PredictResponse,
+    responses=ERRORS,
+    openapi_extra=_PREDICT_BODY,
+    tags=["prediction"],
+)
+async def predict(
+    request: Request,
+    model: Annotated[str | None, Query(description="model name (default: the service's default model)")] = None,
+    return_input: Annotated[bool, Query(description="include the 28x28 image the model saw")] = False,
+) -> Response:
+    """Accepts JSON `{"pixels": ...}` (MNIST-style 28x28 arrays), JSON `{"images": [base64...]}`,
+    multipart uploads (field `file`, repeatable) or a raw `image/*` body. Uploaded images go through
+    the MNIST recipe (see `service/preprocess.py`). A blank image (no ink) is refused with 422."""
+    settings = _settings(request)
+    served = _registry(request).get(model)
+    x = await read_inputs(request, settings)
+    _, probabilities = await served.infer(x, settings.request_timeout_s)
+    digits = probabilities.argmax(axis=1)
+    labels = served.model.labels
+    predictions = []
+    for i, digit in enumerate(digits.tolist()):
+        row = probabilities[i]
+        item: dict[str, Any] = {"digit": digit, "label": labels[digit], "confidence": float(row[digit]),
+                                "probabilities": row}
+        if return_input:
+            item["input"] = x[i, 0]
+        predictions.append(item)
+    return _json({"model": served.model.name, "version": served.model.version, "predictions": predictions})
+
+
+@router.get("/models", response_model=ModelsResponse, tags=["models"], summary="The models this service serves")
+async def models(request: Request) -> Response:
+    registry = _registry(request)
+    return _json({
+        "default_model": registry.default_model,
+        "models": [s.model.describe() for s in registry.served.values()],
+        "failed": registry.failed,
+    })
+
+
+@router.get("/healthz", response_model=HealthResponse, tags=["health"], summary="Liveness: the process answers")
+async def healthz() -> Response:
+    return _json({"status": "ok"})
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse, "description": "a model failed to load"}},
+    tags=["health"],
+    summary="Readiness: every model is loaded, verified and warmed up",
+)
+async def readyz(request: Request) -> Response:
+    registry = _registry(request)
+    return _json({"ready": registry.ready, "models": registry.status()}, 200 if registry.ready else 503)
+
+
+@router.get("/metrics", tags=["health"], summary="Prometheus metrics of this process",
+            response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+
+# Registered for the OpenAPI document only: the routes parse bodies themselves (see module docstring).
+SCHEMAS = (PixelsRequest, ImagesRequest)

@@ -1,0 +1,70 @@
+"""The app factory. ``create_app(settings)`` builds everything; nothing happens at import time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from service import api
+from service.errors import install_error_handlers
+from service.metrics import Metrics
+from service.middleware import ServiceMiddleware
+from service.registry import ModelRegistry
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+VERSION = "0.1.0"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+    registry = ModelRegistry(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await registry.load_all()
+        if registry.ready:
+            log.info("ready: %s (default %s)", ", ".join(registry.served), registry.default_model)
+        else:
+            log.error("NOT ready: %s", registry.status())
+        yield
+        log.info("shutting down: finishing queued requests")
+        await registry.close()
+
+    app = FastAPI(
+        title="digits",
+        version=VERSION,
+        description="Handwritten digit recognition on ONNX Runtime with dynamic batching.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.registry = registry
+    install_error_handlers(app)
+    app.include_router(api.router)
+    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in api.SCHEMAS:  # bodies parsed by hand, documented here
+                components[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for uvicorn (``--factory``): settings from DIGITS_* variables, read now, not at import."""
+    return create_app(Settings())

@@ -1,0 +1,213 @@
+"""Dynamic batching: many concurrent requests, one inference call.
+
+Policy (``max_delay_ms = 0``, the default): when the model is idle a request is
+dispatched at once; while an inference runs, new requests queue, and the next
+call takes everything that queued (up to ``max_batch_size`` images). Batching
+therefore only happens under load, costs a lone client nothing, and never puts
+clients in lockstep with a timer. A positive ``max_delay_ms`` instead waits up
+to that long after the oldest request for a batch to fill.
+
+A request carrying k images counts k against both the batch size and the
+bounded queue (``max_queue`` images); a full queue is refused at once with
+:class:`QueueFullError` rather than letting latency grow without bound.
+Inference runs in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+InferFn = Callable[[np.ndarray], Sequence[np.ndarray]]
+BatchObserver = Callable[[int, Sequence[float], float], None]  # (images, queue waits in s, inference s)
+
+
+class QueueFullError(Exception):
+    """The batcher's queue holds ``max_queue`` images already."""
+
+    def __init__(self, pending: int, max_queue: int, retry_after_s: float) -> None:
+        super().__init__(
+            f"server busy: {pending} images already queued (limit {max_queue}); retry after {retry_after_s:.0f} s"
+        )
+        self.retry_after_s = retry_after_s
+
+
+class BatcherClosedError(Exception):
+    """The batcher is shutting down and takes no new work."""
+
+
+class InferenceError(RuntimeError):
+    """The model failed on a batch; every request of that batch gets this error."""
+
+
+@dataclass(slots=True)
+class _Item:
+    x: np.ndarray  # (k, 1, 28, 28) float32
+    future: asyncio.Future[tuple[np.ndarray, ...]]
+    enqueued: float
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        infer: InferFn,
+        *,
+        max_batch_size: int = 64,
+        max_delay_ms: float = 0.0,
+        max_queue: int = 512,
+        name: str = "model",
+        executor: Executor | None = None,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if max_delay_ms < 0:
+            raise ValueError(f"max_delay_ms must be 0 or more, got {max_delay_ms}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be at least 1, got {max_queue}")
+        self.infer = infer
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_ms / 1000.0
+        self.max_queue = max_queue
+        self.name = name
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        self._observer = observer
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._pending = 0  # images queued, not yet dispatched
+        self._wakeup = asyncio.Event()
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        self._image_seconds = 1e-4  # running estimate of inference time per image, for Retry-After
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
+
+    async def submit(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Queue ``x`` (k images) and wait for its outputs, each sliced to k rows."""
+        if self._closed:
+            raise BatcherClosedError(f"model {self.name} is shutting down; retry on another replica")
+        k = len(x)
+        if k == 0:
+            raise ValueError("no images to run")
+        if self._pending + k > self.max_queue:
+            retry = max(1.0, self._pending * self._image_seconds)
+            raise QueueFullError(self._pending, self.max_queue, retry)
+        if self._task is None:
+            self.start()
+        future: asyncio.Future[tuple[np.ndarray, ...]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(x, future, time.perf_counter()))
+        self._pending += k
+        self._wakeup.set()
+        return await future
+
+    def _take_batch(self) -> list[_Item]:
+        """Pop queued items up to max_batch_size images; a lone oversized request forms its own batch."""
+        batch: list[_Item] = []
+        images = 0
+        while self._queue:
+            item = self._queue[0]
+            k = len(item.x)
+            if item.future.done():  # cancelled (timed out or client gone): skip it
+                self._queue.popleft()
+                self._pending -= k
+                continue
+            if batch and images + k > self.max_batch_size:
+                break
+            self._queue.popleft()
+            self._pending -= k
+            batch.append(item)
+            images += k
+            if images >= self.max_batch_size:
+                break
+        return batch
+
+    async def _wait_to_fill(self) -> None:
+        """With a positive max_delay, wait until the batch is full or the oldest request is due."""
+        deadline = self._queue[0].enqueued + self.max_delay_s
+        while self._pending < self.max_batch_size and not self._closed:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.max_delay_s > 0:
+                await self._wait_to_fill()
+            batch = self._take_batch()
+            if not batch:
+                continue
+            started = time.perf_counter()
+            x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
+            try:
+                outputs = await loop.run_in_executor(self._executor, self.infer, x)
+                for out in outputs:
+                    if len(out) != len(x):
+                        raise InferenceError(f"model {self.name} returned {len(out)} rows for a batch of {len(x)}")
+            except Exception as exc:  # the model failed: fail the whole batch at once, never hang it
+                log.exception("inference failed on a batch of %d images (model %s)", len(x), self.name)
+                error = exc if isinstance(exc, InferenceError) else InferenceError(
+                    f"inference failed in model {self.name}: {type(exc).__name__}: {exc}"
+                )
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(error)
+                continue
+            elapsed = time.perf_counter() - started
+            self._image_seconds = 0.9 * self._image_seconds + 0.1 * elapsed / len(x)
+            start = 0
+            for item in batch:
+                k = len(item.x)
+                if not item.future.done():
+                    item.future.set_result(tuple(out[start : start + k] for out in outputs))
+                start += k
+            if self._observer is not None:
+                self._observer(len(x), [started - item.enqueued for item in batch], elapsed)
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Refuse new work, finish everything queued, then stop the worker thread."""
+        self._closed = True
+        self._wakeup.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                log.warning("batcher %s: queued work not finished after %.0f s; cancelling", self.name, timeout_s)
+                self._task.cancel()
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(BatcherClosedError(f"model {self.name} shut down before running this"))
+        self._queue.clear()
+        self._pending = 0
+        if self._own_executor:
+            self._executor.shutdown(wait=False)

@@ -1,0 +1,103 @@
+"""The models a service process serves, each with its own batcher. Owned by the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.batcher import BatcherClosedError, DynamicBatcher, InferenceError, QueueFullError
+from service.errors import ApiError
+from service.metrics import Metrics
+from service.runtime import LoadedModel, Manifest, load_manifest_models, select_providers
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Served:
+    model: LoadedModel
+    batcher: DynamicBatcher
+
+    async def infer(self, x: np.ndarray, timeout_s: float) -> tuple[np.ndarray, ...]:
+        """(logits, probabilities) for float32 pixels [N,1,28,28], through the batcher; errors as ApiError."""
+        try:
+            return await asyncio.wait_for(self.batcher.submit(x), timeout_s)
+        except QueueFullError as exc:
+            raise ApiError(503, str(exc), {"Retry-After": str(int(exc.retry_after_s + 0.999))}) from None
+        except BatcherClosedError as exc:
+            raise ApiError(503, str(exc), {"Retry-After": "1"}) from None
+        except TimeoutError:
+            raise ApiError(
+                504, f"the request waited more than {timeout_s:g} s for model {self.model.name}; retry later"
+            ) from None
+        except InferenceError as exc:
+            raise ApiError(500, str(exc)) from None
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.served: dict[str, Served] = {}
+        self.failed: dict[str, str] = {}
+        self.manifest: Manifest | None = None
+        self.default_model: str | None = None
+
+    def _batcher(self, model: LoadedModel) -> DynamicBatcher:
+        s = self.settings
+        batcher = DynamicBatcher(
+            model.run,
+            max_batch_size=s.max_batch_size,
+            max_delay_ms=s.max_delay_ms,
+            max_queue=s.max_queue,
+            name=model.name,
+            observer=self.metrics.batch_observer(model.name),
+        )
+        self.metrics.track_pending(model.name, lambda: batcher.pending)
+        batcher.start()
+        return batcher
+
+    async def load_all(self) -> None:
+        """Load, verify and warm every model of the manifest (in a thread: it takes a while)."""
+        s = self.settings
+        providers = select_providers(s.device)
+        warmup = tuple(sorted({1, s.max_batch_size}))
+        manifest, loaded, failed = await asyncio.to_thread(
+            load_manifest_models, s.models_dir, providers=providers, intra_op_threads=s.intra_op_threads,
+            warmup_batch_sizes=warmup,
+        )
+        self.manifest = manifest
+        self.failed = failed
+        for name, model in loaded.items():
+            self.served[name] = Served(model, self._batcher(model))
+        self.default_model = s.default_model or manifest.default_model or next(iter(loaded), None)
+        if self.default_model not in {e.name for e in manifest.entries}:
+            log.error("default model %r is not in %s", self.default_model, manifest.path)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.served) and not self.failed and self.default_model in self.served
+
+    def status(self) -> dict[str, str]:
+        out = {name: "ready" for name in self.served}
+        out.update({name: f"failed: {why}" for name, why in self.failed.items()})
+        return out
+
+    def get(self, name: str | None) -> Served:
+        """The served model called ``name`` (default model when None), or a 404/503 ApiError."""
+        name = name or self.default_model
+        served = self.served.get(name) if name else None
+        if served is not None:
+            return served
+        if name in self.failed:
+            raise ApiError(503, f"model {name!r} is not available: it failed to load ({self.failed[name]})")
+        known = ", ".join(sorted(self.served)) or "none"
+        raise ApiError(404, f"unknown model {name!r}; available models: {known} (see GET /models)")
+
+    async def close(self) -> None:
+        """Finish every queued request, then stop the batchers."""
+        await asyncio.gather(*(s.batcher.close() for s in self.served.values()))

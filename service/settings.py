@@ -1,0 +1,56 @@
+"""Every setting of the service, read from DIGITS_* environment variables (or passed in by tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+class Settings(BaseSettings):
+    """Built inside the app factory (``create_app(settings)``), never at import time."""
+
+    model_config = SettingsConfigDict(env_prefix="DIGITS_", extra="ignore", frozen=True)
+
+    # Where and how to listen (used by `digits serve`).
+    host: str = Field("127.0.0.1", description="interface to bind; 0.0.0.0 for every interface")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes, each with its own models and batchers")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
+    access_log: bool = Field(False, description="log every request (costs about 15% throughput)")
+
+    # Models.
+    models_dir: Path = Field(REPO_MODELS_DIR, description="folder holding manifest.json and the ONNX files")
+    default_model: str | None = Field(None, description="model used when a request names none (default: the manifest's)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when onnxruntime-gpu and a GPU are present, else CPU; cuda: fail if not"
+    )
+    intra_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads per inference (0: one per core)")
+
+    # Dynamic batching (one batcher per model).
+    max_batch_size: int = Field(64, ge=1, description="most images in one inference call; 1 turns batching off")
+    max_delay_ms: float = Field(
+        0.0, ge=0, description="0: dispatch at once when the model is idle; >0: wait up to this long to fill a batch"
+    )
+    max_queue: int = Field(512, ge=1, description="most images waiting per model; beyond it requests get 503")
+    request_timeout_s: float = Field(10.0, gt=0, description="a request waiting longer than this gets 504")
+
+    # Input limits.
+    max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="largest request body; beyond it 413")
+    max_images_per_request: int = Field(256, ge=1, description="most images in one request; beyond it 413")
+    max_image_pixels: int = Field(
+        40_000_000, ge=784, description="largest decoded image (width x height), checked before decoding; beyond it 413"
+    )
+
+    # Access control.
+    api_key: SecretStr | None = Field(None, description="when set, prediction needs it (Bearer or X-API-Key)")
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS (default: none)")
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        return None if value == "" else value

@@ -1,0 +1,200 @@
+"""The dynamic batcher: batching policy, limits, error fan-out, cancellation, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.batcher import BatcherClosedError, DynamicBatcher, InferenceError, QueueFullError
+
+
+class Recorder:
+    """A fake model: returns each image's first pixel as its output; records batch sizes; can be gated."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.batches: list[int] = []
+        self.threads: set[str] = set()
+        self.delay_s = delay_s
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.gate.wait(5)
+        self.threads.add(threading.current_thread().name)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        self.batches.append(len(x))
+        first = x[:, 0, 0, 0].copy()
+        return first, first * 2
+
+
+def images(*values: float) -> np.ndarray:
+    x = np.zeros((len(values), 1, 28, 28), np.float32)
+    x[:, 0, 0, 0] = values
+    return x
+
+
+async def test_lone_request_dispatches_at_once_off_the_event_loop() -> None:
+    model = Recorder()
+    batcher = DynamicBatcher(model, max_batch_size=8)
+    started = time.perf_counter()
+    out, doubled = await batcher.submit(images(3))
+    assert time.perf_counter() - started < 0.5
+    assert out.tolist() == [3] and doubled.tolist() == [6]
+    assert model.threads and threading.current_thread().name not in model.threads
+    await batcher.close()
+
+
+async def test_requests_queued_while_busy_form_the_next_batch_in_order() -> None:
+    model = Recorder()
+    batcher = DynamicBatcher(model, max_batch_size=64)
+    model.gate.clear()  # the first batch blocks, so the rest queue up
+    first = asyncio.create_task(batcher.submit(images(0)))
+    await asyncio.sleep(0.05)
+    rest = [asyncio.create_task(batcher.submit(images(i))) for i in range(1, 11)]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    results = await asyncio.gather(first, *rest)
+    assert model.batches == [1, 10]
+    assert [r[0].tolist() for r in results] == [[i] for i in range(11)]  # each caller gets its own rows
+    await batcher.close()
+
+
+async def test_flush_on_size_and_multi_image_requests_count_all_their_images() -> None:
+    model = Recorder()
+    batcher = DynamicBatcher(model, max_batch_size=4)
+    model.gate.clear()
+    blocker = asyncio.create_task(batcher.submit(images(0)))
+    await asyncio.sleep(0.05)
+    tasks = [asyncio.create_task(batcher.submit(images(1, 2, 3))), asyncio.create_task(batcher.submit(images(4))),
+             asyncio.create_task(batcher.submit(images(5, 6)))]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    results = await asyncio.gather(blocker, *tasks)
+    assert model.batches == [1, 4, 2]  # 3+1 fill a batch of 4; the 2-image request goes next
+    assert results[1][0].tolist() == [1, 2, 3] and results[3][0].tolist() == [5, 6]
+    await batcher.close()
+
+
+async def test_positive_delay_waits_to_fill_a_batch() -> None:
+    model = Recorder()
+    batcher = DynamicBatcher(model, max_batch_size=4, max_delay_ms=150)
+    tasks = [asyncio.create_task(batcher.submit(images(i))) for i in range(3)]
+    await asyncio.sleep(0.02)
+    tasks.append(asyncio.create_task(batcher.submit(images(3))))  # fills the batch before the delay ends
+    started = time.perf_counter()
+    await asyncio.gather(*tasks)
+    assert model.batches == [4]
+    assert time.perf_counter() - started < 0.12  # flushed on size, not on the timer
+
+
+async def test_positive_delay_flushes_a_partial_batch_when_due() -> None:
+    model = Recorder()
+    batcher = DynamicBatcher(model, max_batch_size=64, max_delay_ms=60)
+    started = time.perf_counter()
+    await asyncio.gather(*(batcher.submit(images(i)) for i in range(3)))
+    elapsed = time.perf_counter() - started
+    assert model.batches == [3]
+    assert 0.05 <= elapsed < 1.0
+    await batcher.close()
+
+
+async def test_an_error_fails_every_request_of_the_batch_and_the_batcher_goes_on() -> None:
+    calls = 0
+
+    def flaky(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise ValueError("boom")
+        time.sleep(0.05)
+        return x[:, 0, 0, 0], x[:, 0, 0, 0]
+
+    batcher = DynamicBatcher(flaky, max_batch_size=16)
+    first = asyncio.create_task(batcher.submit(images(0)))
+    await asyncio.sleep(0.01)
+    doomed = [asyncio.create_task(batcher.submit(images(i))) for i in range(5)]
+    assert (await first)[0].tolist() == [0]
+    results = await asyncio.wait_for(asyncio.gather(*doomed, return_exceptions=True), 2)
+    assert all(isinstance(r, InferenceError) and "boom" in str(r) for r in results)
+    assert (await batcher.submit(images(9)))[0].tolist() == [9]  # still serving
+    await batcher.close()
+
+
+async def test_wrong_result_count_is_an_error_not_a_mixup() -> None:
+    batcher = DynamicBatcher(lambda x: (x[:1, 0, 0, 0],), max_batch_size=8)
+    with pytest.raises(InferenceError, match="returned 1 rows for a batch of 2"):
+        await batcher.submit(images(1, 2))
+    await batcher.close()
+
+
+async def test_cancelled_callers_are_skipped() -> None:
+    model = Recorder()
+    batcher = DynamicBatcher(model, max_batch_size=64)
+    model.gate.clear()
+    blocker = asyncio.create_task(batcher.submit(images(0)))
+    await asyncio.sleep(0.05)
+    gone = asyncio.create_task(batcher.submit(images(1, 1, 1)))
+    kept = asyncio.create_task(batcher.submit(images(2)))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    await asyncio.sleep(0.01)
+    model.gate.set()
+    await blocker
+    assert (await kept)[0].tolist() == [2]
+    assert model.batches == [1, 1]  # the cancelled request's 3 images never ran
+    assert batcher.pending == 0
+    await batcher.close()
+
+
+async def test_queue_full_is_refused_at_once_with_a_retry_hint() -> None:
+    model = Recorder()
+    batcher = DynamicBatcher(model, max_batch_size=4, max_queue=5)
+    model.gate.clear()
+    blocker = asyncio.create_task(batcher.submit(images(0)))
+    await asyncio.sleep(0.05)
+    queued = [asyncio.create_task(batcher.submit(images(1, 2))), asyncio.create_task(batcher.submit(images(3, 4, 5)))]
+    await asyncio.sleep(0.01)
+    assert batcher.pending == 5
+    with pytest.raises(QueueFullError, match="5 images already queued") as info:
+        await batcher.submit(images(6))
+    assert info.value.retry_after_s >= 1
+    model.gate.set()
+    await asyncio.gather(blocker, *queued)
+    await batcher.close()
+
+
+async def test_close_finishes_queued_work_then_refuses_new_work() -> None:
+    model = Recorder(delay_s=0.02)
+    batcher = DynamicBatcher(model, max_batch_size=2)
+    tasks = [asyncio.create_task(batcher.submit(images(i))) for i in range(6)]
+    await asyncio.sleep(0)
+    await batcher.close()
+    assert [t.result()[0].tolist() for t in tasks] == [[i] for i in range(6)]
+    with pytest.raises(BatcherClosedError):
+        await batcher.submit(images(1))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"max_batch_size": 0}, "max_batch_size"), ({"max_delay_ms": -1}, "max_delay_ms"), ({"max_queue": 0}, "max_queue")],
+)
+def test_bad_knobs_are_rejected(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        DynamicBatcher(Recorder(), **kwargs)
+
+
+async def test_batch_size_one_turns_batching_off() -> None:
+    model = Recorder()
+    batcher = DynamicBatcher(model, max_batch_size=1)
+    model.gate.clear()
+    tasks = [asyncio.create_task(batcher.submit(images(i))) for i in range(4)]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    await asyncio.gather(*tasks)
+    assert model.batches == [1, 1, 1, 1]
+    await batcher.close()

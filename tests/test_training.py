@@ -1,0 +1,155 @@
+"""`digits train` and `digits export` end to end on the real MNIST sample shipped under tests/data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import cli  # noqa: E402
+from training import datasets, export  # noqa: E402
+
+SAMPLE = Path(__file__).parent / "data" / "mnist-sample"
+
+
+def train(out: Path, *extra: str) -> dict:
+    argv = ["train", "--data-dir", str(SAMPLE), "--no-verify", "--out", str(out), "--quiet", *extra]
+    assert cli.main(argv) == 0
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two epochs of LeNet-5 on the 2,000-image sample: a real, if weak, model."""
+    out = tmp_path_factory.mktemp("run")
+    train(out, "--model", "lenet5", "--epochs", "2", "--val-fraction", "0.1", "--seed", "3")
+    return out
+
+
+def test_run_directory_holds_everything_a_user_needs(short_run: Path) -> None:
+    for name in ["config.json", "metrics.csv", "metrics.json", "curves.png", "confusion.png", "best.pt", "last.pt",
+                 "results.json", "lenet5.onnx", "train.log"]:
+        assert (short_run / name).is_file(), name
+    history = json.loads((short_run / "metrics.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr"} <= set(history[0])
+    assert (short_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((short_run / "results.json").read_text())
+    assert results["test_images"] == 1000
+    assert results["test_accuracy"] > 0.7  # two epochs on 1,800 images
+    config = json.loads((short_run / "config.json").read_text())
+    assert config["model"] == "lenet5" and config["command"].startswith("digits train")
+
+
+def test_exported_onnx_honours_the_serving_contract(short_run: Path) -> None:
+    model = onnx.load(str(short_run / "lenet5.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert not list((short_run).glob("*.onnx.data")), "weights must be inside the .onnx file"
+    (inp,) = model.graph.input
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert inp.name == "pixels" and isinstance(dims[0], str) and dims[1:] == [1, 28, 28]
+    assert [o.name for o in model.graph.output] == ["logits", "probabilities"]
+    meta = {p.key: p.value for p in model.metadata_props}
+    for key in ["name", "version", "architecture", "model_args", "dataset", "train_data_sha256", "metrics",
+                "input_spec", "labels", "created", "training_command"]:
+        assert meta.get(key), key
+    assert json.loads(meta["labels"]) == [str(i) for i in range(10)]
+    assert json.loads(meta["metrics"])["test_accuracy"] > 0.7
+    assert meta["train_data_sha256"].startswith("sha256:")
+
+    session = ort.InferenceSession(str(short_run / "lenet5.onnx"))
+    for n in (1, 7, 300):  # dynamic batch
+        logits, probs = session.run(None, {"pixels": np.zeros((n, 1, 28, 28), np.float32)})
+        assert logits.shape == probs.shape == (n, 10)
+        assert np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_onnx_runtime_matches_pytorch_on_1000_real_test_images(short_run: Path) -> None:
+    net, _ = export.load_checkpoint(short_run)
+    images, _ = datasets.load_split("mnist", "test", SAMPLE, verify=False, download_missing=False)
+    report = export.check_parity(net, short_run / "lenet5.onnx", images[:1000])
+    assert report.images == 1000
+    assert report.argmax_agreement == 1.0
+    assert report.max_prob_diff <= 1e-4
+
+
+def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
+    args = ("--model", "mlp", "--hidden", "64", "--epochs", "1", "--seed", "5", "--patience", "0")
+    a = train(tmp_path / "a", *args)
+    b = train(tmp_path / "b", *args)
+    assert a["test_accuracy"] == b["test_accuracy"]
+    wa = torch.load(tmp_path / "a" / "best.pt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "b" / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_continues_where_the_run_stopped(tmp_path: Path) -> None:
+    common = ("--model", "mlp", "--hidden", "32", "--seed", "1", "--patience", "0")
+    train(tmp_path / "full", *common, "--epochs", "2")
+    train(tmp_path / "part", *common, "--epochs", "1")
+    # Same options, resumed to 2 epochs: the same weights as the uninterrupted run.
+    train(tmp_path / "part", *common, "--epochs", "2", "--resume", str(tmp_path / "part" / "last.pt"))
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    part = json.loads((tmp_path / "part" / "metrics.json").read_text())
+    assert [r["epoch"] for r in part] == [1, 2]
+    assert part[-1]["train_loss"] == pytest.approx(full[-1]["train_loss"], rel=1e-6)
+
+
+def test_dry_run_produces_a_loadable_model_for_each_architecture(tmp_path: Path) -> None:
+    for arch in ("mlp", "lenet5"):
+        results = train(tmp_path / arch, "--model", arch, "--dry-run", "--augment", "--optimizer", "nesterov",
+                        "--lr", "0.01", "--schedule", "cosine")
+        assert results["parity"]["argmax_agreement"] == 1.0
+        session = ort.InferenceSession(str(tmp_path / arch / f"{arch}.onnx"))
+        assert session.get_inputs()[0].name == "pixels"
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adagrad", "rmsprop", "adamw"])
+def test_every_optimizer_trains(tmp_path: Path, optimizer: str) -> None:
+    results = train(tmp_path, "--model", "mlp", "--hidden", "32", "--dry-run", "--optimizer", optimizer,
+                    "--schedule", "step", "--lr", "0.01")
+    assert 0.0 <= results["test_accuracy"] <= 1.0
+
+
+def test_kaggle_csv_training_writes_a_valid_model_and_submission(tmp_path: Path) -> None:
+    images, labels = datasets.load_split("mnist", "train", SAMPLE, verify=False, download_missing=False)
+    test_images, _ = datasets.load_split("mnist", "test", SAMPLE, verify=False, download_missing=False)
+    datasets.write_kaggle_csv(tmp_path / "train.csv", images, labels)
+    datasets.write_kaggle_csv(tmp_path / "test.csv", test_images[:100])
+    out = tmp_path / "run"
+    assert cli.main(["train", "--dataset", "kaggle", "--csv", str(tmp_path / "train.csv"), "--test-csv",
+                     str(tmp_path / "test.csv"), "--model", "mlp", "--epochs", "2", "--out", str(out),
+                     "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["test_images"] == 200  # 10% stratified hold-out of 2,000 rows
+    assert results["test_accuracy"] > 0.7
+    lines = (out / "submission.csv").read_text().splitlines()
+    assert lines[0] == "ImageId,Label" and len(lines) == 101
+    assert [int(line.split(",")[0]) for line in lines[1:]] == list(range(1, 101))
+    meta = {p.key: p.value for p in onnx.load(str(out / "mlp.onnx")).metadata_props}
+    assert meta["dataset"] == "kaggle:train.csv"
+
+
+def test_export_command_writes_model_and_manifest(short_run: Path, tmp_path: Path, capsys) -> None:
+    manifest = tmp_path / "models" / "manifest.json"
+    out = tmp_path / "models" / "digits.onnx"
+    assert cli.main(["export", str(short_run), "--out", str(out), "--name", "digits", "--version", "3",
+                     "--manifest", str(manifest), "--parity-data", str(SAMPLE)]) == 0
+    assert "argmax agreement 100.00%" in capsys.readouterr().out
+    doc = json.loads(manifest.read_text())
+    (entry,) = doc["models"]
+    assert doc["default_model"] == "digits"
+    assert entry["file"] == "digits.onnx" and entry["version"] == "3"
+    assert entry["sha256"] == export.sha256_of(out)
+    assert entry["input"]["shape"] == ["N", 1, 28, 28] and entry["metrics"]["test_accuracy"] > 0.7
+
+
+def test_missing_data_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="kaggle needs --csv"):
+        cli.main(["train", "--dataset", "kaggle", "--out", str(tmp_path)])

@@ -176,8 +176,9 @@ async def predict(
     multipart uploads (field `file`, repeatable) or a raw `image/*` body. Uploaded images go through
     the MNIST recipe (see `service/preprocess.py`). A blank image (no ink) is refused with 422."""
     settings = _settings(request)
-    served = _registry(request).get(model)
+    _registry(request).get(model)  # unknown model: 404 before reading the body
     x = await read_inputs(request, settings)
+    served = _registry(request).get(model)  # looked up again: a reload may have swapped it meanwhile
     _, probabilities = await served.infer(x, settings.request_timeout_s)
     digits = probabilities.argmax(axis=1)
     labels = served.model.labels

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
-from service import api, web
+from service import api, repository, web
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import ServiceMiddleware
 from service.registry import ModelRegistry
+from service.security import SecurityMiddleware
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -34,8 +38,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("ready: %s (default %s)", ", ".join(registry.served), registry.default_model)
         else:
             log.error("NOT ready: %s", registry.status())
+        loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task[dict[str, str]]] = set()
+
+        def on_sighup() -> None:  # reload every model from disk, verified before each swap
+            log.info("SIGHUP: reloading models from %s", settings.models_dir)
+            task = loop.create_task(registry.reload_all())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        try:
+            loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests) or no SIGHUP
+            log.debug("SIGHUP reload not available in this process")
         yield
         log.info("shutting down: finishing queued requests")
+        try:
+            loop.remove_signal_handler(signal.SIGHUP)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
         await registry.close()
 
     app = FastAPI(
@@ -49,7 +70,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     install_error_handlers(app)
     app.include_router(api.router)
+    if settings.api_key is not None:  # model management exists only behind a key
+        app.include_router(repository.router)
     web.mount(app)
+    # Outermost last: limits and metrics see every request, auth runs before any body is read.
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+    app.add_middleware(SecurityMiddleware,
+                       api_key=settings.api_key.get_secret_value() if settings.api_key else None)
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
 
     def openapi() -> dict[str, Any]:

@@ -11,7 +11,15 @@ import numpy as np
 from service.batcher import BatcherClosedError, DynamicBatcher, InferenceError, QueueFullError
 from service.errors import ApiError
 from service.metrics import Metrics
-from service.runtime import LoadedModel, Manifest, load_manifest_models, select_providers
+from service.runtime import (
+    LoadedModel,
+    Manifest,
+    ModelError,
+    load_manifest_models,
+    load_model,
+    read_manifest,
+    select_providers,
+)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -21,6 +29,7 @@ log = logging.getLogger(__name__)
 class Served:
     model: LoadedModel
     batcher: DynamicBatcher
+    registry: ModelRegistry | None = None
 
     async def infer(self, x: np.ndarray, timeout_s: float) -> tuple[np.ndarray, ...]:
         """(logits, probabilities) for float32 pixels [N,1,28,28], through the batcher; errors as ApiError."""
@@ -29,6 +38,10 @@ class Served:
         except QueueFullError as exc:
             raise ApiError(503, str(exc), {"Retry-After": str(int(exc.retry_after_s + 0.999))}) from None
         except BatcherClosedError as exc:
+            # Swapped by a reload between lookup and submit: run on the model that replaced it.
+            current = self.registry.served.get(self.model.name) if self.registry else None
+            if current is not None and current is not self:
+                return await current.infer(x, timeout_s)
             raise ApiError(503, str(exc), {"Retry-After": "1"}) from None
         except TimeoutError:
             raise ApiError(
@@ -46,6 +59,8 @@ class ModelRegistry:
         self.failed: dict[str, str] = {}
         self.manifest: Manifest | None = None
         self.default_model: str | None = None
+        self._providers: list[str] = []
+        self._swap_lock = asyncio.Lock()
 
     def _batcher(self, model: LoadedModel) -> DynamicBatcher:
         s = self.settings
@@ -64,19 +79,81 @@ class ModelRegistry:
     async def load_all(self) -> None:
         """Load, verify and warm every model of the manifest (in a thread: it takes a while)."""
         s = self.settings
-        providers = select_providers(s.device)
-        warmup = tuple(sorted({1, s.max_batch_size}))
+        self._providers = providers = select_providers(s.device)
         manifest, loaded, failed = await asyncio.to_thread(
             load_manifest_models, s.models_dir, providers=providers, intra_op_threads=s.intra_op_threads,
-            warmup_batch_sizes=warmup,
+            warmup_batch_sizes=self._warmup_sizes,
         )
         self.manifest = manifest
         self.failed = failed
         for name, model in loaded.items():
-            self.served[name] = Served(model, self._batcher(model))
+            self.served[name] = Served(model, self._batcher(model), self)
         self.default_model = s.default_model or manifest.default_model or next(iter(loaded), None)
         if self.default_model not in {e.name for e in manifest.entries}:
             log.error("default model %r is not in %s", self.default_model, manifest.path)
+
+    @property
+    def _warmup_sizes(self) -> tuple[int, ...]:
+        return tuple(sorted({1, self.settings.max_batch_size}))
+
+    async def load(self, name: str) -> LoadedModel:
+        """(Re)load one model from the manifest on disk, then swap it in atomically.
+
+        The new file is verified (checksum, input/output contract) and warmed up before the swap;
+        a bad file raises ApiError(400) and the model already serving keeps serving. Requests
+        queued on the old model finish on it (its batcher drains) while new ones go to the new one.
+        """
+        async with self._swap_lock:
+            try:
+                manifest = await asyncio.to_thread(read_manifest, self.settings.models_dir)
+            except ModelError as exc:
+                raise ApiError(400, f"model {name!r} not loaded: {exc}") from None
+            entry = next((e for e in manifest.entries if e.name == name), None)
+            if entry is None:
+                raise ApiError(404, f"model {name!r} is not in {manifest.path}; add it with `digits export --manifest`")
+            try:
+                model = await asyncio.to_thread(
+                    load_model, entry.file, name=entry.name, expected_sha256=entry.sha256, version=entry.version,
+                    providers=self._providers, intra_op_threads=self.settings.intra_op_threads,
+                    warmup_batch_sizes=self._warmup_sizes, manifest=entry.raw,
+                )
+            except ModelError as exc:
+                keeps = "the loaded version keeps serving" if name in self.served else "it is not served"
+                log.error("reload of %s rejected (%s): %s", name, keeps, exc)
+                raise ApiError(400, f"model {name!r} not loaded ({keeps}): {exc}") from None
+            old = self.served.get(name)
+            self.served[name] = Served(model, self._batcher(model), self)
+            self.failed.pop(name, None)
+            self.manifest = manifest
+            log.info("model %s v%s loaded from %s (sha256 %s)", name, model.version, entry.file, model.sha256[:12])
+        if old is not None:
+            await old.batcher.close()
+        return model
+
+    async def unload(self, name: str) -> None:
+        """Stop serving a model; queued requests still finish."""
+        async with self._swap_lock:
+            served = self.served.pop(name, None)
+        if served is None:
+            raise ApiError(404, f"model {name!r} is not loaded")
+        await served.batcher.close()
+        log.info("model %s unloaded", name)
+
+    async def reload_all(self) -> dict[str, str]:
+        """Reload every model of the manifest (SIGHUP); returns name -> 'ready' or why it was rejected."""
+        try:
+            names = [e.name for e in (await asyncio.to_thread(read_manifest, self.settings.models_dir)).entries]
+        except ModelError as exc:
+            log.error("reload rejected: %s", exc)
+            return {}
+        outcome: dict[str, str] = {}
+        for name in names:
+            try:
+                await self.load(name)
+                outcome[name] = "ready"
+            except ApiError as exc:
+                outcome[name] = exc.message
+        return outcome
 
     @property
     def ready(self) -> bool:

@@ -1,0 +1,209 @@
+"""Load benchmark of the service on 127.0.0.1, every configuration side by side in one run.
+
+For each server configuration (batching on / off, 1 and 2 workers) it starts `digits serve`,
+then drives it with wrk (Debian package `wrk`) at several client counts:
+
+* json    POST /predict with one MNIST-style 28x28 array (a real test digit)
+* png     POST /predict with a 280x280 RGBA canvas PNG upload (multipart)
+* trivial GET /healthz of the same app: the HTTP ceiling of this stack
+
+and prints requests/s, p50 and p99 latency and non-2xx answers, then the ratios the
+service is judged by. Every run is bounded by --duration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from training import datasets  # noqa: E402
+
+CONFIGS = {  # name -> (environment, workers)
+    "batched": ({"DIGITS_MAX_BATCH_SIZE": "64"}, 1),
+    "unbatched": ({"DIGITS_MAX_BATCH_SIZE": "1"}, 1),
+    "batched-2w": ({"DIGITS_MAX_BATCH_SIZE": "64"}, 2),
+    "unbatched-2w": ({"DIGITS_MAX_BATCH_SIZE": "1"}, 2),
+}
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non2xx: int
+    requests: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def run_wrk(url: str, script: Path, clients: int, duration: float, threads: int) -> Result:
+    cmd = ["wrk", f"-t{min(threads, clients)}", f"-c{clients}", f"-d{duration:g}s", "--latency", "--timeout", "10s",
+           "-s", str(script), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return Result(rps, p50, p99, int(bad.group(1)) if bad else 0, total)
+
+
+def wrk_script(directory: Path, name: str, method: str, body: bytes = b"", content_type: str = "") -> Path:
+    body_path = directory / f"{name}.body"
+    body_path.write_bytes(body)
+    lines = [f'wrk.method = "{method}"']
+    if body:
+        lines.append(f'local f = io.open("{body_path}", "rb"); wrk.body = f:read("*a"); f:close()')
+        lines.append(f'wrk.headers["Content-Type"] = "{content_type}"')
+    path = directory / f"{name}.lua"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def canvas_png(digit: np.ndarray) -> bytes:
+    """A digit drawn as a browser canvas exports it: 280x280 RGBA, transparent background."""
+    from PIL import Image
+
+    big = np.array(Image.fromarray(digit).resize((200, 200), Image.Resampling.BICUBIC))
+    rgba = np.zeros((280, 280, 4), np.uint8)
+    rgba[40:240, 40:240, 3] = big
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def multipart(data: bytes) -> tuple[bytes, str]:
+    boundary = "digitsbenchboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"c.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def start(config: str, port: int, models_dir: Path) -> subprocess.Popen:
+    env_extra, workers = CONFIGS[config]
+    env = {**os.environ, **env_extra, "DIGITS_MODELS_DIR": str(models_dir), "DIGITS_WORKERS": str(workers),
+           "DIGITS_LOG_LEVEL": "warning"}
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{config}: server not ready in 90 s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement (default: %(default)s)")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64, 256],
+                        help="concurrent connections to test (default: 1 16 64 256)")
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS),
+                        help="server configurations (default: all)")
+    parser.add_argument("--kinds", nargs="+", choices=["json", "png", "trivial"], default=["json", "png", "trivial"],
+                        help="request kinds (default: all)")
+    parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default: %(default)s)")
+    parser.add_argument("--models-dir", type=Path, default=REPO / "models", help="models (default: models/)")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        parser.error("wrk is not installed: apt-get install wrk")
+
+    images, _ = datasets.load_split("mnist", "test", REPO / "tests" / "data" / "mnist-sample", verify=False,
+                                    download_missing=False)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-service-"))
+    import orjson
+
+    png_body, png_type = multipart(canvas_png(images[0]))
+    scripts = {
+        "json": ("/predict", wrk_script(tmp, "json", "POST", orjson.dumps({"pixels": images[0].tolist()}),
+                                        "application/json")),
+        "png": ("/predict", wrk_script(tmp, "png", "POST", png_body, png_type)),
+        "trivial": ("/healthz", wrk_script(tmp, "trivial", "GET")),
+    }
+    results: dict[tuple[str, str, int], Result] = {}
+    print(f"{'config':<13} {'kind':<8} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    for config in args.configs:
+        port = free_port()
+        proc = start(config, port, args.models_dir)
+        try:
+            for kind in args.kinds:
+                if kind == "trivial" and config.startswith("unbatched"):
+                    continue  # same endpoint as the batched server's
+                path, script = scripts[kind]
+                run_wrk(f"http://127.0.0.1:{port}{path}", script, 16, 1.0, args.wrk_threads)  # warm-up
+                for clients in args.clients:
+                    r = run_wrk(f"http://127.0.0.1:{port}{path}", script, clients, args.duration, args.wrk_threads)
+                    results[(config, kind, clients)] = r
+                    print(f"{config:<13} {kind:<8} {clients:>7} {r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
+                          f"{r.non2xx:>8}", flush=True)
+        finally:
+            stop(proc)
+
+    def get(config: str, kind: str, clients: int) -> Result | None:
+        return results.get((config, kind, clients))
+
+    print("\nratios")
+    for workers in ("", "-2w"):
+        triv, bat = get(f"batched{workers}", "trivial", 64), get(f"batched{workers}", "json", 64)
+        if triv and bat:
+            print(f"  batched{workers} json / trivial at 64 clients: {bat.rps / triv.rps:.2f}  (target >= 0.55)")
+        for kind in args.kinds:
+            for clients in args.clients:
+                b, u = get(f"batched{workers}", kind, clients), get(f"unbatched{workers}", kind, clients)
+                if b and u and kind != "trivial":
+                    print(f"  batched{workers} / unbatched {kind} at {clients:>3} clients: {b.rps / u.rps:.2f} "
+                          f"(p99 {b.p99_ms:.1f} vs {u.p99_ms:.1f} ms)")
+    b1, u1 = get("batched", "json", 1), get("unbatched", "json", 1)
+    if b1 and u1:
+        print(f"  lone client p50: batched {b1.p50_ms:.3f} ms vs unbatched {u1.p50_ms:.3f} ms "
+              f"(difference {b1.p50_ms - u1.p50_ms:+.3f} ms, target within 0.3)")
+    for kind in args.kinds:
+        for clients in args.clients:
+            one, two = get("batched", kind, clients), get("batched-2w", kind, clients)
+            if one and two:
+                print(f"  2 workers / 1 worker, batched {kind} at {clients:>3} clients: {two.rps / one.rps:.2f}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Model management: the KServe/Triton model-repository extension.
+
+Mounted only when an API key is set, and always behind it (see service/security.py).
+"""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service.registry import ModelRegistry
+from service.schemas import ErrorResponse
+
+router = APIRouter(prefix="/v2/repository", tags=["model repository"])
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404)}
+
+
+def _registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+def _json(body: object) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.post("/index", summary="Every model of the manifest and its state", responses=_ERRORS)
+async def index(request: Request) -> Response:
+    registry = _registry(request)
+    entries = registry.manifest.entries if registry.manifest else ()
+    out = []
+    for entry in entries:
+        served = registry.served.get(entry.name)
+        item = {"name": entry.name, "version": served.model.version if served else entry.version,
+                "state": "READY" if served else "UNAVAILABLE"}
+        if not served:
+            item["reason"] = registry.failed.get(entry.name, "unloaded")
+        out.append(item)
+    return _json(out)
+
+
+@router.post("/models/{name}/load", summary="Load or reload a model from disk (verified, warmed, then swapped in)",
+             responses=_ERRORS)
+async def load(name: str, request: Request) -> Response:
+    model = await _registry(request).load(name)
+    return _json({"name": model.name, "version": model.version, "sha256": model.sha256, "state": "READY"})
+
+
+@router.post("/models/{name}/unload", summary="Stop serving a model (queued requests finish)", responses=_ERRORS)
+async def unload(name: str, request: Request) -> Response:
+    await _registry(request).unload(name)
+    return _json({"name": name, "state": "UNAVAILABLE"})

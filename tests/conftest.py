@@ -1,0 +1,54 @@
+"""Fixtures shared across the suite: the real MNIST sample, the shipped models, a live app."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO / "tests" / "data" / "mnist-sample"
+MODELS_DIR = REPO / "models"
+
+
+@pytest.fixture(scope="session")
+def mnist_test_sample() -> tuple[np.ndarray, np.ndarray]:
+    """The first 1,000 real MNIST test images (uint8 [N,28,28]) and labels."""
+    from training import datasets
+
+    return datasets.load_split("mnist", "test", SAMPLE_DIR, verify=False, download_missing=False)
+
+
+@pytest.fixture(scope="session")
+def full_mnist_dir() -> Path:
+    """The full MNIST files, from $DIGITS_MNIST_DIR (CI points it at the real data)."""
+    value = os.environ.get("DIGITS_MNIST_DIR")
+    if not value:
+        pytest.skip("DIGITS_MNIST_DIR is not set: the full MNIST files are needed")
+    path = Path(value)
+    if not (path / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.fail(f"DIGITS_MNIST_DIR={value} does not hold the MNIST IDX files")
+    return path
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """The shipped models, as the service loads them by default."""
+    assert (MODELS_DIR / "manifest.json").is_file(), "models/manifest.json is missing: the shipped models are gone"
+    return MODELS_DIR
+
+
+@pytest.fixture(scope="module")
+def client(models_dir: Path) -> Iterator[object]:
+    """A TestClient over the real app with the shipped models (lifespan run: models loaded and warmed)."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    app = create_app(Settings(models_dir=models_dir))
+    with TestClient(app) as test_client:
+        yield test_client

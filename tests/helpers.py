@@ -1,0 +1,15 @@
+"""Small helpers shared by test modules (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+
+def png_bytes(image: np.ndarray, mode: str = "L") -> bytes:
+    """Encode a uint8 array (L, RGB or RGBA) as PNG."""
+    buf = io.BytesIO()
+    Image.fromarray(image.astype(np.uint8), mode=mode).save(buf, "PNG")
+    return buf.getvalue()

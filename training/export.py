@@ -63,6 +63,9 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; artifacts are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -159,7 +162,9 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def update_manifest(manifest_path: str | Path, onnx_path: str | Path, metadata: Mapping[str, Any]) -> dict:
+def update_manifest(
+    manifest_path: str | Path, onnx_path: str | Path, metadata: Mapping[str, Any], *, make_default: bool = False
+) -> dict:
     """Add or replace the model's entry in ``manifest.json`` (file path relative to the manifest)."""
     manifest_path = Path(manifest_path)
     onnx_path = Path(onnx_path)
@@ -187,7 +192,7 @@ def update_manifest(manifest_path: str | Path, onnx_path: str | Path, metadata: 
     models = [m for m in manifest.get("models", []) if m["name"] != entry["name"]]
     models.append(entry)
     manifest["models"] = sorted(models, key=lambda m: m["name"])
-    if not manifest.get("default_model") or manifest["default_model"] not in {m["name"] for m in models}:
+    if make_default or manifest.get("default_model") not in {m["name"] for m in models}:
         manifest["default_model"] = entry["name"]
     _atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
     return entry
@@ -236,6 +241,7 @@ def export_checkpoint(
     version: str = "1",
     manifest: str | Path | None = None,
     parity_images: np.ndarray | None = None,
+    make_default: bool = False,
 ) -> tuple[Path, ParityReport | None]:
     """The whole export: rebuild, write ONNX with metadata, check parity, update the manifest."""
     net, info = load_checkpoint(checkpoint)
@@ -249,7 +255,7 @@ def export_checkpoint(
         if not report.ok:
             raise RuntimeError(f"ONNX export of {name} disagrees with PyTorch: {report}")
     if manifest is not None:
-        update_manifest(manifest, out, metadata)
+        update_manifest(manifest, out, metadata, make_default=make_default)
         log.info("manifest %s updated with %s", manifest, name)
     return out, report
 
@@ -265,6 +271,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="manifest.json to add the model to (default: none; the shipped one is models/manifest.json)",
     )
+    parser.add_argument("--default", action="store_true",
+                        help="make this model the manifest's default (the first model added is the default)")
     parser.add_argument(
         "--parity-data",
         type=Path,
@@ -282,7 +290,8 @@ def main(args: argparse.Namespace) -> int:
         images, _ = datasets.load_split("mnist", "test", args.parity_data, verify=False, download_missing=False)
         images = images[:1000]
     out, report = export_checkpoint(
-        args.checkpoint, args.out, name=args.name, version=args.version, manifest=args.manifest, parity_images=images
+        args.checkpoint, args.out, name=args.name, version=args.version, manifest=args.manifest, parity_images=images,
+        make_default=args.default,
     )
     print(f"wrote {out} ({out.stat().st_size:,} bytes, sha256 {sha256_of(out)})")
     if report is not None:

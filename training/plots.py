@@ -60,7 +60,7 @@ def plot_confusion_matrix(cm: np.ndarray, labels: Sequence[str], path: str | Pat
     ax.set_yticks(range(n), labels)
     ax.set(xlabel="predicted", ylabel="true")
     accuracy = np.trace(cm) / max(1, cm.sum())
-    ax.set_title(f"{title}  accuracy {accuracy:.2%}".strip())
+    ax.set_title(f"{title} · accuracy {accuracy:.2%}" if title else f"accuracy {accuracy:.2%}")
     path = Path(path)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -194,6 +194,29 @@ def _setup_logging(run_dir: Path, quiet: bool) -> None:
         logging.getLogger(chatty).setLevel(logging.WARNING if chatty != "torch" else logging.ERROR)
 
 
+def training_command(argv: list[str]) -> str:
+    """The command line as recorded in artifacts, without the local data location
+    (the data's checksum is recorded instead): `--data-dir DIR` -> `--data-dir DATA_DIR`,
+    CSV paths -> their file names."""
+    out: list[str] = []
+    redact: str | None = None
+    for arg in argv:
+        if redact is not None:
+            out.append("DATA_DIR" if redact == "--data-dir" else Path(arg).name)
+            redact = None
+            continue
+        flag, eq, value = arg.partition("=")
+        if flag in ("--data-dir", "--csv", "--test-csv"):
+            if eq:
+                out.append(f"{flag}={'DATA_DIR' if flag == '--data-dir' else Path(value).name}")
+            else:
+                out.append(arg)
+                redact = flag
+            continue
+        out.append(arg)
+    return "digits train " + shlex.join(out)
+
+
 def model_kwargs(args: argparse.Namespace, data: Data) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "activation": args.activation,
@@ -218,7 +241,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     torch.use_deterministic_algorithms(True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = "digits train " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["train"] else sys.argv[1:])
+    command = training_command(sys.argv[2:] if sys.argv[1:2] == ["train"] else sys.argv[1:])
 
     data = load_data(args)
     if args.dry_run:  # a few batches end to end, for CI

@@ -185,7 +185,7 @@ async def predict(
     predictions = []
     for i, digit in enumerate(digits.tolist()):
         row = probabilities[i]
-        item: dict[str, Any] = {"digit": digit, "label": labels[digit], "confidence": float(row[digit]),
+        item: dict[str, Any] = {"digit": digit, "label": labels[digit], "confidence": row[digit],
                                 "probabilities": row}
         if return_input:
             item["input"] = x[i, 0]

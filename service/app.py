@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
-from service import api, repository, web
+from service import api, repository, v2, web
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import ServiceMiddleware
@@ -70,13 +70,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     install_error_handlers(app)
     app.include_router(api.router)
+    app.include_router(v2.router)
     if settings.api_key is not None:  # model management exists only behind a key
         app.include_router(repository.router)
     web.mount(app)
     # Outermost last: limits and metrics see every request, auth runs before any body is read.
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type",
+                                          "Inference-Header-Content-Length"],
+                           expose_headers=["Inference-Header-Content-Length"])
     app.add_middleware(SecurityMiddleware,
                        api_key=settings.api_key.get_secret_value() if settings.api_key else None)
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)

@@ -5,7 +5,8 @@ the batch scorer all call it, so a digit gets the same pixels whichever way it a
 numpy + Pillow only. Normalisation (mean/std) lives in the exported model, never here.
 
     bytes --decode_image--> PIL image --to_grayscale--> [H,W] ink-high 0..255
-          --to_mnist--> [28,28] 0..255 (preprocess_image_bytes does all three)
+          --to_mnist--> [28,28] 0..255
+    (preprocess_image_bytes does all three, shrinking very large images on the way)
     JSON pixels --pixels_to_batch--> [N,1,28,28] (already MNIST-style, only validated)
 
 The MNIST recipe (LeCun et al.): crop to the ink's bounding box, scale it to fit 20x20
@@ -23,7 +24,7 @@ import warnings
 import zlib
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -43,7 +44,7 @@ __all__ = [
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "BMP", "WEBP", "GIF"})
 DEFAULT_MAX_PIXELS: int = 40_000_000
 
-MNIST_SIZE = 28  # side of the model's input
+_MNIST_SIDE = 28  # side of the model's input
 _BOX_SIZE = 20  # the digit is scaled to fit this box inside the 28x28 field
 _CENTRE = 14.0  # target centre of mass (row and column), as measured on MNIST itself
 
@@ -62,10 +63,13 @@ _NOISE_SIGMAS = 5.0
 _OPAQUE_PICTURE_COVERAGE = 0.5
 # Transparent pixels whose colour differs this much from the strokes are the paper.
 _STROKE_CONTRAST = 64.0
+# preprocess_image_bytes shrinks images whose longer side exceeds this before processing.
+_WORKING_SIDE = 2048
 # to_mnist: the bounding box holds the pixels above this fraction of the ink's maximum.
 _BBOX_FRACTION = 0.02
 
-_OPEN_FORMATS = tuple(sorted(SUPPORTED_FORMATS))  # Image.open tries only these
+# Image.open tries only these; a Pillow built without WebP would raise KeyError for it.
+_OPEN_FORMATS = tuple(f for f in sorted(SUPPORTED_FORMATS) if f != "WEBP" or features.check_module("webp"))
 _SEND_HINT = "send a PNG, JPEG, BMP, WebP or GIF"
 # Pillow names the JPEG variant with an MPF block (many phone cameras) "MPO".
 _FORMAT_ALIASES = {"MPO": "JPEG"}
@@ -114,6 +118,11 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     The size is checked from the header, before any pixel is decoded. Animated images give
     their first frame. EXIF orientation (photos from phones) is applied.
     """
+    return _load(_open(data, max_pixels), max_pixels)
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Identify `data` and check its format and declared size; no pixel is decoded yet."""
     if not data:
         raise ImageDecodeError(f"could not decode image: the upload is empty; {_SEND_HINT}")
     try:
@@ -138,12 +147,17 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         raise ImageDecodeError(f"could not decode image: it has zero size ({width}x{height}); {_SEND_HINT}")
     if width * height > max_pixels:
         raise _too_large(f"{width}x{height} = {width * height:,} pixels", max_pixels)
+    return image
 
+
+def _load(image: Image.Image, max_pixels: int) -> Image.Image:
+    """Decode the pixels of an image from `_open` (the first frame only: nothing seeks)."""
     try:
-        image.load()  # the first frame only: nothing seeks further
+        image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _pillow_too_large(exc, max_pixels) from exc
     except _DECODE_ERRORS as exc:
+        found = _FORMAT_ALIASES.get(image.format or "", image.format)
         raise ImageDecodeError(
             f"could not decode image: the {found} data is corrupt or truncated ({exc}); {_SEND_HINT}"
         ) from exc
@@ -229,20 +243,24 @@ _WIDE_INT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 def to_grayscale(image: Image.Image) -> np.ndarray:
     """Any Pillow image -> float32 [H,W], ink high (255 at its strongest), background 0.
 
-    Dark ink on light paper and light ink on dark paper both come out as white ink on black.
-    Images with transparency are composited first (see `_composite_alpha`). An image without
+    Dark ink on light paper and light ink on dark paper both come out as white ink on black:
+    the paper is the median tone of a border ring, the ink whichever side of it deviates
+    more. JPEG noise, paper grain (from the border's spread) and isolated specks become 0.
+    Images with transparency are flattened first (see `_composite_alpha`). An image without
     ink comes out all zero.
     """
-    # [H,W] float32 luminance, 0..255; polarity still unknown
+    return _ink_from_luma(_luminance(image))
+
+
+def _luminance(image: Image.Image) -> np.ndarray:
+    """Any Pillow image -> float32 [H,W] luminance 0..255 (transparency flattened)."""
     if image.mode in _WIDE_INT_MODES or image.mode == "F":
-        luma = _wide_to_luma(image)
-    elif image.mode in _ALPHA_MODES or "transparency" in image.info:
-        luma = _composite_alpha(image)
-    elif image.mode == "LAB":
-        luma = np.asarray(image.getchannel("L"), dtype=np.float32)  # L* is the lightness
-    else:
-        luma = np.asarray(_convert(image, "L"), dtype=np.float32)
-    return _ink_from_luma(luma)
+        return _wide_to_luma(image)
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        return _composite_alpha(image)
+    if image.mode == "LAB":
+        return np.asarray(image.getchannel("L"), dtype=np.float32)  # L* is the lightness
+    return np.asarray(_convert(image, "L"), dtype=np.float32)
 
 
 def _convert(image: Image.Image, mode: str) -> Image.Image:
@@ -262,10 +280,10 @@ def _wide_to_luma(image: Image.Image) -> np.ndarray:
     """16/32-bit integer and float images -> 0..255 by the mode's range."""
     values = np.asarray(image).astype(np.float32)
     if image.mode == "F":
-        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+        np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)  # in place
         peak = float(values.max(initial=0.0))
         scale = 255.0 if peak <= 1.0 else (1.0 if peak <= 255.0 else 255.0 / peak)  # 0..1 or 0..255
-        return np.clip(values * scale, 0.0, 255.0)
+        return np.clip(values, 0.0, None) * np.float32(scale)
     if image.mode == "I" and float(values.max(initial=0.0)) <= 255.0:
         return np.clip(values, 0.0, 255.0)  # 8-bit data held in 32-bit integers
     return np.clip(values, 0.0, 65535.0) * np.float32(255.0 / 65535.0)
@@ -354,11 +372,17 @@ def _mass_beyond(values: np.ndarray, floor: float) -> float:
 
 def _drop_isolated_pixels(ink: np.ndarray) -> None:
     """Zero ink pixels with no ink among their 8 neighbours: noise specks, never strokes."""
-    mask = ink > 0.0
-    padded = np.pad(mask, 1).astype(np.uint8)
-    rows = padded[:-2] + padded[1:-1] + padded[2:]  # [H,W+2], 3-row sums
-    counts = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]  # [H,W], 3x3 sums including the pixel
-    ink[mask & (counts == 1)] = 0.0
+    height, width = ink.shape
+    stride = width + 2
+    padded = np.zeros((height + 2, stride), dtype=bool)  # a 1-px frame: every neighbour exists
+    padded[1:-1, 1:-1] = ink > 0.0
+    flat = padded.ravel()
+    centres = np.flatnonzero(flat)  # ink is sparse: look at its pixels only (flat indices)
+    neighbours = np.zeros(centres.size, dtype=np.uint8)
+    for offset in (-stride - 1, -stride, -stride + 1, -1, 1, stride - 1, stride, stride + 1):
+        neighbours += flat[centres + offset]
+    isolated = centres[neighbours == 0]
+    ink[isolated // stride - 1, isolated % stride - 1] = 0.0
 
 
 # --- [H,W] ink -> [28,28] MNIST-style ----------------------------------------------------
@@ -382,8 +406,9 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
             "digit on a light background or a light digit on a dark one"
         )
 
-    rows = np.flatnonzero((ink > peak * _BBOX_FRACTION).any(axis=1))
-    cols = np.flatnonzero((ink > peak * _BBOX_FRACTION).any(axis=0))
+    inked = ink > peak * _BBOX_FRACTION
+    rows = np.flatnonzero(inked.any(axis=1))
+    cols = np.flatnonzero(inked.any(axis=0))
     box = np.clip(ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], 0.0, None)  # [h,w]
     height, width = box.shape
     scale = _BOX_SIZE / max(height, width)
@@ -402,7 +427,7 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     com_col = float(box.sum(axis=0) @ np.arange(width)) / total
     top = _place(com_row, height)
     left = _place(com_col, width)
-    digit = np.zeros((MNIST_SIZE, MNIST_SIZE), dtype=np.float32)
+    digit = np.zeros((_MNIST_SIDE, _MNIST_SIDE), dtype=np.float32)
     digit[top : top + height, left : left + width] = box
     return np.clip(digit, 0.0, 255.0)
 
@@ -410,12 +435,31 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
 def _place(com: float, extent: int) -> int:
     """Offset putting a box's centre of mass `com` (box coordinates) nearest to _CENTRE."""
     offset = int(np.floor(_CENTRE - com + 0.5))  # round half up, as a whole-pixel shift
-    return min(max(offset, 0), MNIST_SIZE - extent)
+    return min(max(offset, 0), _MNIST_SIDE - extent)
 
 
 def preprocess_image_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Uploaded image bytes -> float32 [28,28] MNIST-style digit (see the module docstring)."""
-    return to_mnist(to_grayscale(decode_image(data, max_pixels=max_pixels)))
+    """Uploaded image bytes -> float32 [28,28] MNIST-style digit (see the module docstring).
+
+    decode_image -> to_grayscale -> to_mnist, except that an image with a side longer than
+    _WORKING_SIDE is shrunk by an integer factor on the way (a 12 MP photo: several times
+    faster, a fraction of the memory): a JPEG decodes straight to a smaller size (DCT
+    scaling), and the luminance is box-averaged before the ink is found. The 20x20 digit
+    box never needs that much resolution, and averaging keeps thin strokes.
+    """
+    image = _open(data, max_pixels)
+    factor = _shrink_factor(image.size)
+    if factor > 1:  # a no-op but for JPEG; "L" decodes only the luminance
+        image.draft("L" if image.mode == "RGB" else None, (image.width // factor, image.height // factor))
+    luma = _luminance(_load(image, max_pixels))  # [H,W]
+    factor = _shrink_factor(luma.shape)
+    if factor > 1:
+        luma = np.asarray(Image.fromarray(luma).reduce(factor))  # [H/f,W/f], area means
+    return to_mnist(_ink_from_luma(luma))
+
+
+def _shrink_factor(size: tuple[int, ...]) -> int:
+    return -(-max(size) // _WORKING_SIDE)  # ceil
 
 
 # --- JSON pixel arrays -> [N,1,28,28] ----------------------------------------------------
@@ -427,62 +471,59 @@ def pixels_to_batch(pixels: object) -> np.ndarray:
     """JSON pixels (one 28x28 nested list, or a list of them) -> float32 [N,1,28,28].
 
     The values are taken as they are (MNIST-style: 0..255, white ink on black); only the
-    shape, the type and the range are checked.
+    shape and the range are checked. Anything NumPy reads as a number is one (as JSON
+    decoding and pydantic's lax mode would have it); null reads as NaN and is refused.
     """
     try:
-        array = np.asarray(pixels)
+        # The fast path for the common case, one 28x28 list of ints: a single C-level
+        # conversion, then vectorised checks. Overflow becomes inf and is refused below.
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = np.asarray(pixels, dtype=np.float32)
     except (ValueError, TypeError, OverflowError) as exc:
-        raise PixelArrayError(f"{_SHAPE_HINT}, got a ragged nested list (rows of different lengths)") from exc
+        if "inhomogeneous" in str(exc) or "sequence" in str(exc):
+            message = f"{_SHAPE_HINT}, got a ragged nested list (rows or images of different lengths)"
+        else:
+            message = f"values must be numbers between 0 and 255; {exc}"
+        raise PixelArrayError(message) from exc
 
-    if array.ndim == 2 and array.shape == (MNIST_SIZE, MNIST_SIZE):
-        count = 1
-    elif array.ndim == 3 and array.shape[1:] == (MNIST_SIZE, MNIST_SIZE) and array.shape[0] > 0:
-        count = array.shape[0]
+    if array.shape == (_MNIST_SIDE, _MNIST_SIDE):
+        images = array[None]  # [1,28,28]
+    elif array.ndim == 3 and array.shape[1:] == (_MNIST_SIDE, _MNIST_SIDE) and array.shape[0] > 0:
+        images = array  # [N,28,28]
     else:
         raise PixelArrayError(f"{_SHAPE_HINT}, got shape {array.shape}")
 
-    if array.dtype.kind not in "iuf":
-        array = _numeric(array)
-    # Fast path: two reductions on the values as sent (before a float32 cast can turn a huge
-    # number into inf). NaN fails both comparisons and lands in the slow path.
-    if not (array.min() >= 0 and array.max() <= 255):
-        _raise_bad_value(array.reshape(count, MNIST_SIZE, MNIST_SIZE))
-    return array.astype(np.float32, copy=False).reshape(count, 1, MNIST_SIZE, MNIST_SIZE)
+    # Two reductions; NaN fails both comparisons and lands in the slow path.
+    if not (images.min() >= 0.0 and images.max() <= 255.0):
+        _raise_bad_value(images, pixels, single=array.ndim == 2)
+    return np.ascontiguousarray(images[:, None])  # [N,1,28,28]; no copy for a list
 
 
-def _numeric(array: np.ndarray) -> np.ndarray:
-    """The slow path for arrays NumPy did not read as numbers: name what is wrong."""
-    kinds = {"U": "strings", "S": "strings", "b": "booleans (true/false)"}
-    if array.dtype.kind in kinds:
-        raise PixelArrayError(f"values must be numbers between 0 and 255, got {kinds[array.dtype.kind]}")
-    # Object arrays: None (JSON null), integers too large for int64, nested objects.
-    for index, value in enumerate(array.flat):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            image, row, column = _position(array.shape, index)
-            raise PixelArrayError(
-                f"values must be numbers between 0 and 255; found {value!r} "
-                f"at image {image}, row {row}, column {column}"
-            )
-    return array.astype(np.float64)
-
-
-def _position(shape: tuple[int, ...], flat_index: int) -> tuple[int, int, int]:
-    """(image, row, column) of a flat index into a [28,28] or [N,28,28] array."""
-    position = np.unravel_index(flat_index, shape)
-    image = int(position[0]) if len(shape) == 3 else 0
-    return image, int(position[-2]), int(position[-1])
-
-
-def _raise_bad_value(images: np.ndarray) -> None:
-    """Name the first offending value of [N,28,28] `images` (numeric, at least one bad)."""
+def _raise_bad_value(images: np.ndarray, pixels: object, *, single: bool) -> None:
+    """Name the first offending value of [N,28,28] `images` (at least one is bad)."""
     finite = np.isfinite(images)
     if not finite.all():
-        where = np.argwhere(~finite)[0]
-        raise PixelArrayError(f"values must be finite numbers; found {_value_at(images, where)}")
-    where = np.argwhere((images < 0) | (images > 255))[0]
-    raise PixelArrayError(f"values must be between 0 and 255; found {_value_at(images, where)}")
+        image, row, column = (int(i) for i in np.argwhere(~finite)[0])
+        sent = _sent_value(pixels, (row, column) if single else (image, row, column))
+        raise PixelArrayError(
+            f"values must be finite numbers between 0 and 255; found {sent} "
+            f"at image {image}, row {row}, column {column}"
+        )
+    image, row, column = (int(i) for i in np.argwhere((images < 0.0) | (images > 255.0))[0])
+    raise PixelArrayError(
+        f"values must be between 0 and 255; found {images[image, row, column]!s} "
+        f"at image {image}, row {row}, column {column}"
+    )
 
 
-def _value_at(images: np.ndarray, where: np.ndarray) -> str:
-    image, row, column = (int(i) for i in where)
-    return f"{float(images[image, row, column])} at image {image}, row {row}, column {column}"
+def _sent_value(pixels: object, position: tuple[int, ...]) -> str:
+    """The value as the client sent it (null, nan, a huge number), for the error message."""
+    value = pixels
+    try:
+        for index in position:
+            value = value[index]  # type: ignore[index]
+    except (TypeError, IndexError, KeyError):
+        return "a non-finite value"
+    if value is None:
+        return "null"
+    return repr(value) if isinstance(value, str) else str(value)

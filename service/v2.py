@@ -29,7 +29,9 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.applications import Starlette
 from starlette.responses import Response
+from starlette.routing import Match
 
 from service.errors import ApiError
 from service.registry import ModelRegistry, Served
@@ -256,6 +258,13 @@ def _served(request: Request, name: str, version: str | None) -> Served:
     return served
 
 
+def _routes_to(app: Starlette, method: str, path: str) -> bool:
+    """Whether ``app`` has a route for ``method path`` (asked of the router: FastAPI keeps included
+    routers whole, so ``app.routes`` does not list their paths)."""
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
+    return any(route.matches(scope)[0] == Match.FULL for route in app.router.routes)
+
+
 def _model_metadata(served: Served) -> dict[str, Any]:
     model = served.model
     return {
@@ -271,6 +280,10 @@ def _model_ready(request: Request, name: str, version: str | None) -> Response:
     registry = _registry(request)
     if name in registry.failed:
         why = f"model {name!r} failed to load: {registry.failed[name]}"
+        return _json({"name": name, "ready": False, "error": why}, 503)
+    in_manifest = registry.manifest is not None and any(e.name == name for e in registry.manifest.entries)
+    if name not in registry.served and in_manifest:
+        why = f"model {name!r} is unloaded; load it with POST /v2/repository/models/{name}/load"
         return _json({"name": name, "ready": False, "error": why}, 503)
     _served(request, name, version)
     return _json({"name": name, "ready": True})
@@ -416,7 +429,7 @@ def _requested_outputs(doc: dict[str, Any]) -> list[tuple[str, bool]]:
     parameters = _object(doc.get("parameters"), '"parameters"')
     binary_default = parameters.get("binary_data_output", False) is True
     outputs = doc.get("outputs")
-    if outputs is None:
+    if outputs is None or outputs == []:  # as tritonclient means it: no outputs named, all of them
         return [(name, binary_default) for name in OUTPUT_NAMES]
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise ApiError(422, '"outputs" must be a list of objects like {"name": "probabilities"}')
@@ -461,8 +474,10 @@ def _infer_response(doc: dict[str, Any], served: Served, results: dict[str, np.n
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     settings = _settings(request)
+    body = await request.body()
+    # Looked up after the last await before submitting, so a model reloaded meanwhile is not missed.
     served = _served(request, name, version)
-    head, tail = _split_body(request, await request.body())
+    head, tail = _split_body(request, body)
     try:
         doc = orjson.loads(head)
     except orjson.JSONDecodeError as exc:
@@ -492,12 +507,17 @@ async def ready(request: Request) -> Response:
     if registry.ready:
         return _json({"ready": True})
     problems = "; ".join(f"{n}: {s}" for n, s in registry.status().items() if s != "ready")
-    return _json({"ready": False, "error": f"not ready: {problems or 'no model loaded'}"}, 503)
+    problems = problems or f"the default model {registry.default_model!r} is not loaded"
+    return _json({"ready": False, "error": f"not ready: {problems}"}, 503)
 
 
 @router.get("", response_model=ServerMetadata, summary="Server metadata: name, version, protocol extensions")
 async def server_metadata(request: Request) -> Response:
-    return _json({"name": SERVER_NAME, "version": request.app.version, "extensions": list(EXTENSIONS)})
+    extensions = list(EXTENSIONS)
+    # The model repository routes exist only when the app mounts them (behind an API key).
+    if _routes_to(request.app, "POST", "/v2/repository/index"):
+        extensions.append("model_repository")
+    return _json({"name": SERVER_NAME, "version": request.app.version, "extensions": extensions})
 
 
 @router.get("/models/{model_name}", response_model=ModelMetadata, responses=_MODEL_ERRORS,

@@ -26,9 +26,9 @@ def train(out: Path, *extra: str) -> dict:
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two epochs of LeNet-5 on the 2,000-image sample: a real, if weak, model."""
+    """Three epochs of LeNet-5 on the 2,000-image sample: a real, if weak, model."""
     out = tmp_path_factory.mktemp("run")
-    train(out, "--model", "lenet5", "--epochs", "2", "--val-fraction", "0.1", "--seed", "3")
+    train(out, "--model", "lenet5", "--epochs", "3", "--lr", "0.005", "--val-fraction", "0.1", "--seed", "3")
     return out
 
 
@@ -37,12 +37,12 @@ def test_run_directory_holds_everything_a_user_needs(short_run: Path) -> None:
                  "results.json", "lenet5.onnx", "train.log"]:
         assert (short_run / name).is_file(), name
     history = json.loads((short_run / "metrics.json").read_text())
-    assert [row["epoch"] for row in history] == [1, 2]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
     assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr"} <= set(history[0])
     assert (short_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = json.loads((short_run / "results.json").read_text())
     assert results["test_images"] == 1000
-    assert results["test_accuracy"] > 0.7  # two epochs on 1,800 images
+    assert results["test_accuracy"] > 0.7  # three epochs on 1,800 images
     config = json.loads((short_run / "config.json").read_text())
     assert config["model"] == "lenet5" and config["command"].startswith("digits train")
 
@@ -89,16 +89,33 @@ def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_resume_continues_where_the_run_stopped(tmp_path: Path) -> None:
-    common = ("--model", "mlp", "--hidden", "32", "--seed", "1", "--patience", "0")
-    train(tmp_path / "full", *common, "--epochs", "2")
-    train(tmp_path / "part", *common, "--epochs", "1")
-    # Same options, resumed to 2 epochs: the same weights as the uninterrupted run.
-    train(tmp_path / "part", *common, "--epochs", "2", "--resume", str(tmp_path / "part" / "last.pt"))
+def test_resume_continues_where_the_run_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from training import train as train_module
+
+    common = ("--model", "mlp", "--hidden", "32", "--seed", "1", "--patience", "0", "--epochs", "2")
+    train(tmp_path / "full", *common)
+    # Interrupt the second run during its second epoch (after epoch 1's checkpoint was written).
+    real_evaluate, calls = train_module.evaluate, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "part", *common)
+    monkeypatch.undo()
+    train(tmp_path / "part", *common, "--resume", str(tmp_path / "part" / "last.pt"))
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())
     part = json.loads((tmp_path / "part" / "metrics.json").read_text())
     assert [r["epoch"] for r in part] == [1, 2]
+    # The resumed run ends with the same weights as the uninterrupted one.
     assert part[-1]["train_loss"] == pytest.approx(full[-1]["train_loss"], rel=1e-6)
+    wa = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["model"]
+    wb = torch.load(tmp_path / "part" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_dry_run_produces_a_loadable_model_for_each_architecture(tmp_path: Path) -> None:
@@ -124,10 +141,11 @@ def test_kaggle_csv_training_writes_a_valid_model_and_submission(tmp_path: Path)
     datasets.write_kaggle_csv(tmp_path / "test.csv", test_images[:100])
     out = tmp_path / "run"
     assert cli.main(["train", "--dataset", "kaggle", "--csv", str(tmp_path / "train.csv"), "--test-csv",
-                     str(tmp_path / "test.csv"), "--model", "mlp", "--epochs", "2", "--out", str(out),
+                     str(tmp_path / "test.csv"), "--model", "mlp", "--epochs", "3", "--lr", "0.005", "--out", str(out),
                      "--quiet"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["test_images"] == 200  # 10% stratified hold-out of 2,000 rows
+    _, held_out = datasets.stratified_split(labels, 0.1, 1)  # --test-fraction 0.1 with seed 0 + 1
+    assert results["test_images"] == len(held_out)
     assert results["test_accuracy"] > 0.7
     lines = (out / "submission.csv").read_text().splitlines()
     assert lines[0] == "ImageId,Label" and len(lines) == 101

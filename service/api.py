@@ -15,9 +15,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from service import preprocess
+from service.deps import json_response, registry_of, settings_of
 from service.errors import ApiError
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from service.registry import ModelRegistry
 from service.schemas import (
     ErrorResponse,
     HealthResponse,
@@ -69,17 +69,7 @@ _PREDICT_BODY = {
 }
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
-                    media_type="application/json")
 
-
-def _registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry  # type: ignore[no-any-return]
-
-
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
 
 
 def _preprocess_all(blobs: list[bytes], max_pixels: int) -> np.ndarray:
@@ -175,10 +165,10 @@ async def predict(
     """Accepts JSON `{"pixels": ...}` (MNIST-style 28x28 arrays), JSON `{"images": [base64...]}`,
     multipart uploads (field `file`, repeatable) or a raw `image/*` body. Uploaded images go through
     the MNIST recipe (see `service/preprocess.py`). A blank image (no ink) is refused with 422."""
-    settings = _settings(request)
-    _registry(request).get(model)  # unknown model: 404 before reading the body
+    settings = settings_of(request)
+    registry_of(request).get(model)  # unknown model: 404 before reading the body
     x = await read_inputs(request, settings)
-    served = _registry(request).get(model)  # looked up again: a reload may have swapped it meanwhile
+    served = registry_of(request).get(model)  # looked up again: a reload may have swapped it meanwhile
     _, probabilities = await served.infer(x, settings.request_timeout_s)
     digits = probabilities.argmax(axis=1)
     labels = served.model.labels
@@ -190,13 +180,13 @@ async def predict(
         if return_input:
             item["input"] = x[i, 0]
         predictions.append(item)
-    return _json({"model": served.model.name, "version": served.model.version, "predictions": predictions})
+    return json_response({"model": served.model.name, "version": served.model.version, "predictions": predictions})
 
 
 @router.get("/models", response_model=ModelsResponse, tags=["models"], summary="The models this service serves")
 async def models(request: Request) -> Response:
-    registry = _registry(request)
-    return _json({
+    registry = registry_of(request)
+    return json_response({
         "default_model": registry.default_model,
         "models": [s.model.describe() for s in registry.served.values()],
         "failed": registry.failed,
@@ -205,7 +195,7 @@ async def models(request: Request) -> Response:
 
 @router.get("/healthz", response_model=HealthResponse, tags=["health"], summary="Liveness: the process answers")
 async def healthz() -> Response:
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @router.get(
@@ -216,8 +206,8 @@ async def healthz() -> Response:
     summary="Readiness: every model is loaded, verified and warmed up",
 )
 async def readyz(request: Request) -> Response:
-    registry = _registry(request)
-    return _json({"ready": registry.ready, "models": registry.status()}, 200 if registry.ready else 503)
+    registry = registry_of(request)
+    return json_response({"ready": registry.ready, "models": registry.status()}, 200 if registry.ready else 503)
 
 
 @router.get("/metrics", tags=["health"], summary="Prometheus metrics of this process",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -53,10 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.debug("SIGHUP reload not available in this process")
         yield
         log.info("shutting down: finishing queued requests")
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(signal.SIGHUP)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
         await registry.close()
 
     app = FastAPI(

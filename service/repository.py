@@ -5,28 +5,21 @@ Mounted only when an API key is set, and always behind it (see service/security.
 
 from __future__ import annotations
 
-import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.registry import ModelRegistry
+from service.deps import json_response, registry_of
 from service.schemas import ErrorResponse
 
 router = APIRouter(prefix="/v2/repository", tags=["model repository"])
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404)}
 
 
-def _registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry  # type: ignore[no-any-return]
-
-
-def _json(body: object) -> Response:
-    return Response(orjson.dumps(body), media_type="application/json")
 
 
 @router.post("/index", summary="Every model of the manifest and its state", responses=_ERRORS)
 async def index(request: Request) -> Response:
-    registry = _registry(request)
+    registry = registry_of(request)
     entries = registry.manifest.entries if registry.manifest else ()
     out = []
     for entry in entries:
@@ -36,17 +29,17 @@ async def index(request: Request) -> Response:
         if not served:
             item["reason"] = registry.failed.get(entry.name, "unloaded")
         out.append(item)
-    return _json(out)
+    return json_response(out)
 
 
 @router.post("/models/{name}/load", summary="Load or reload a model from disk (verified, warmed, then swapped in)",
              responses=_ERRORS)
 async def load(name: str, request: Request) -> Response:
-    model = await _registry(request).load(name)
-    return _json({"name": model.name, "version": model.version, "sha256": model.sha256, "state": "READY"})
+    model = await registry_of(request).load(name)
+    return json_response({"name": model.name, "version": model.version, "sha256": model.sha256, "state": "READY"})
 
 
 @router.post("/models/{name}/unload", summary="Stop serving a model (queued requests finish)", responses=_ERRORS)
 async def unload(name: str, request: Request) -> Response:
-    await _registry(request).unload(name)
-    return _json({"name": name, "state": "UNAVAILABLE"})
+    await registry_of(request).unload(name)
+    return json_response({"name": name, "state": "UNAVAILABLE"})

@@ -173,7 +173,8 @@ def _check_signature(session: ort.InferenceSession, path: Path) -> int:
         raise ModelError(f"{path}: missing outputs {missing}; found {sorted(outputs)}")
     sizes = {outputs[n].shape[-1] for n in OUTPUT_NAMES}
     if len(sizes) != 1 or not isinstance(next(iter(sizes)), int):
-        raise ModelError(f"{path}: outputs must both be [N, C] with a fixed C; found {[outputs[n].shape for n in OUTPUT_NAMES]}")
+        found = [outputs[n].shape for n in OUTPUT_NAMES]
+        raise ModelError(f"{path}: outputs must both be [N, C] with a fixed C; found {found}")
     return int(next(iter(sizes)))
 
 
@@ -240,7 +241,11 @@ def load_model(
 
 
 def load_manifest_models(
-    models_dir: str | Path, *, providers: list[str], intra_op_threads: int = 1, warmup_batch_sizes: tuple[int, ...] = (1, 64)
+    models_dir: str | Path,
+    *,
+    providers: list[str],
+    intra_op_threads: int = 1,
+    warmup_batch_sizes: tuple[int, ...] = (1, 64),
 ) -> tuple[Manifest, dict[str, LoadedModel], dict[str, str]]:
     """Load every model in the manifest. Returns (manifest, loaded models, failures: name -> reason)."""
     manifest = read_manifest(models_dir)

@@ -25,7 +25,9 @@ class Settings(BaseSettings):
 
     # Models.
     models_dir: Path = Field(REPO_MODELS_DIR, description="folder holding manifest.json and the ONNX files")
-    default_model: str | None = Field(None, description="model used when a request names none (default: the manifest's)")
+    default_model: str | None = Field(
+        None, description="model used when a request names none (default: the manifest's)"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when onnxruntime-gpu and a GPU are present, else CPU; cuda: fail if not"
     )

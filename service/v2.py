@@ -33,8 +33,9 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Match
 
+from service.deps import json_response, registry_of, settings_of
 from service.errors import ApiError
-from service.registry import ModelRegistry, Served
+from service.registry import Served
 from service.runtime import INPUT_NAME, OUTPUT_NAMES
 from service.schemas import ErrorResponse
 from service.settings import Settings
@@ -236,22 +237,12 @@ ModelVersion = Annotated[str, Path(description="model version (see the model met
 # --- helpers -----------------------------------------------------------------------------------------------
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
-                    media_type="application/json")
 
-
-def _registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry  # type: ignore[no-any-return]
-
-
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
 
 
 def _served(request: Request, name: str, version: str | None) -> Served:
     """The model called ``name`` (404 with the choices), at ``version`` when one is given (404 otherwise)."""
-    served = _registry(request).get(name)
+    served = registry_of(request).get(name)
     if version is not None and version != served.model.version:
         raise ApiError(404, f"model {name!r} has no version {version!r}; available versions: "
                             f"{served.model.version} (or leave the version out of the path)")
@@ -277,16 +268,16 @@ def _model_metadata(served: Served) -> dict[str, Any]:
 
 
 def _model_ready(request: Request, name: str, version: str | None) -> Response:
-    registry = _registry(request)
+    registry = registry_of(request)
     if name in registry.failed:
         why = f"model {name!r} failed to load: {registry.failed[name]}"
-        return _json({"name": name, "ready": False, "error": why}, 503)
+        return json_response({"name": name, "ready": False, "error": why}, 503)
     in_manifest = registry.manifest is not None and any(e.name == name for e in registry.manifest.entries)
     if name not in registry.served and in_manifest:
         why = f"model {name!r} is unloaded; load it with POST /v2/repository/models/{name}/load"
-        return _json({"name": name, "ready": False, "error": why}, 503)
+        return json_response({"name": name, "ready": False, "error": why}, 503)
     _served(request, name, version)
-    return _json({"name": name, "ready": True})
+    return json_response({"name": name, "ready": True})
 
 
 def _split_body(request: Request, body: bytes) -> tuple[bytes, memoryview]:
@@ -331,7 +322,7 @@ def _shape(item: dict[str, Any], settings: Settings) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _tensor_from_json(data: Any, shape: tuple[int, ...]) -> np.ndarray:
+def _tensor_fromjson_response(data: Any, shape: tuple[int, ...]) -> np.ndarray:
     if not isinstance(data, list):
         raise ApiError(422, f'input {INPUT_NAME!r}: "data" must be a list of numbers (flat or nested '
                             'row-major), or send the tensor as binary data ("parameters": '
@@ -413,7 +404,7 @@ def _read_input(doc: dict[str, Any], tail: memoryview, settings: Settings) -> np
         if len(tail):
             raise ApiError(422, f"the body has {len(tail)} binary bytes after the JSON but no input declares "
                                 '"binary_data_size"')
-        x = _tensor_from_json(item.get("data"), shape)
+        x = _tensor_fromjson_response(item.get("data"), shape)
     else:
         if "data" in item:
             raise ApiError(422, f'input {INPUT_NAME!r} has both "data" and "binary_data_size"; send one')
@@ -473,7 +464,7 @@ def _infer_response(doc: dict[str, Any], served: Served, results: dict[str, np.n
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
-    settings = _settings(request)
+    settings = settings_of(request)
     body = await request.body()
     # Looked up after the last await before submitting, so a model reloaded meanwhile is not missed.
     served = _served(request, name, version)
@@ -497,18 +488,18 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
 
 @router.get("/health/live", response_model=Live, summary="Liveness: the process answers")
 async def live() -> Response:
-    return _json({"live": True})
+    return json_response({"live": True})
 
 
 @router.get("/health/ready", response_model=Ready, summary="Readiness: every model is loaded and warmed up",
             responses={503: {"model": Ready, "description": "a model failed to load"}})
 async def ready(request: Request) -> Response:
-    registry = _registry(request)
+    registry = registry_of(request)
     if registry.ready:
-        return _json({"ready": True})
+        return json_response({"ready": True})
     problems = "; ".join(f"{n}: {s}" for n, s in registry.status().items() if s != "ready")
     problems = problems or f"the default model {registry.default_model!r} is not loaded"
-    return _json({"ready": False, "error": f"not ready: {problems}"}, 503)
+    return json_response({"ready": False, "error": f"not ready: {problems}"}, 503)
 
 
 @router.get("", response_model=ServerMetadata, summary="Server metadata: name, version, protocol extensions")
@@ -517,13 +508,13 @@ async def server_metadata(request: Request) -> Response:
     # The model repository routes exist only when the app mounts them (behind an API key).
     if _routes_to(request.app, "POST", "/v2/repository/index"):
         extensions.append("model_repository")
-    return _json({"name": SERVER_NAME, "version": request.app.version, "extensions": extensions})
+    return json_response({"name": SERVER_NAME, "version": request.app.version, "extensions": extensions})
 
 
 @router.get("/models/{model_name}", response_model=ModelMetadata, responses=_MODEL_ERRORS,
             summary="Model metadata: versions, platform, input and output tensors")
 async def model_metadata(request: Request, model_name: ModelName) -> Response:
-    return _json(_model_metadata(_served(request, model_name, None)))
+    return json_response(_model_metadata(_served(request, model_name, None)))
 
 
 @router.get("/models/{model_name}/versions/{model_version}", response_model=ModelMetadata,
@@ -531,7 +522,7 @@ async def model_metadata(request: Request, model_name: ModelName) -> Response:
 async def model_version_metadata(
     request: Request, model_name: ModelName, model_version: ModelVersion
 ) -> Response:
-    return _json(_model_metadata(_served(request, model_name, model_version)))
+    return json_response(_model_metadata(_served(request, model_name, model_version)))
 
 
 @router.get("/models/{model_name}/ready", response_model=ModelReady, responses=_MODEL_ERRORS,

@@ -34,7 +34,7 @@ def digits_of(response) -> list[int]:
 def test_json_pixels_single_image_predicts_real_digits(client, mnist_test_sample) -> None:
     images, labels = mnist_test_sample
     got = [digits_of(client.post("/predict", json=pixels_json(images[i])))[0] for i in range(20)]
-    assert sum(g == int(y) for g, y in zip(got, labels[:20])) >= 19
+    assert sum(g == int(y) for g, y in zip(got, labels[:20], strict=True)) >= 19
     body = client.post("/predict", json=pixels_json(images[0])).json()
     assert body["model"] == "lenet5" and body["version"]
     (p,) = body["predictions"]
@@ -187,7 +187,8 @@ def _png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    idat = zlib.compress(b"\0" * 1000)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def test_decompression_bomb_is_refused_before_decoding(client) -> None:

@@ -181,7 +181,11 @@ async def test_close_finishes_queued_work_then_refuses_new_work() -> None:
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"max_batch_size": 0}, "max_batch_size"), ({"max_delay_ms": -1}, "max_delay_ms"), ({"max_queue": 0}, "max_queue")],
+    [
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"max_delay_ms": -1}, "max_delay_ms"),
+        ({"max_queue": 0}, "max_queue"),
+    ],
 )
 def test_bad_knobs_are_rejected(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):

@@ -56,7 +56,7 @@ def test_model_args_rebuild_the_same_architecture() -> None:
 
 @pytest.mark.parametrize("bad", [{"activation": "swish"}, {"dropout": 1.5}, {"hidden": ()}])
 def test_bad_configuration_is_refused_with_a_clear_message(bad: dict) -> None:
-    with pytest.raises(ValueError, match="activation|dropout|hidden"):
+    with pytest.raises(ValueError, match=r"activation|dropout|hidden"):
         nets.build_model("mlp", **bad)
 
 

@@ -99,7 +99,8 @@ def export_onnx(net: nn.Module, path: str | Path, metadata: Mapping[str, Any]) -
             verbose=False,
         )
         model = onnx.load(str(raw))
-    model.graph.doc_string = f"digits {metadata.get('name', '')}: {nets.ARCHITECTURES[metadata['architecture']].description}"
+    description = nets.ARCHITECTURES[metadata["architecture"]].description
+    model.graph.doc_string = f"digits {metadata.get('name', '')}: {description}"
     model.producer_name = "digits"
     model.model_version = int(metadata.get("version", 1))
     del model.metadata_props[:]
@@ -210,7 +211,9 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         net = nets.build_model(ckpt["arch"], **ckpt["model_args"])
         net.load_state_dict(ckpt["model"])
     except KeyError as exc:
-        raise ValueError(f"{path} is not a digits checkpoint (missing {exc}); it must come from `digits train`") from None
+        raise ValueError(
+            f"{path} is not a digits checkpoint (missing {exc}); it must come from `digits train`"
+        ) from None
     return net.eval(), dict(ckpt.get("info", {}))
 
 
@@ -227,7 +230,7 @@ def build_metadata(net: nn.Module, info: Mapping[str, Any], name: str, version: 
         "metrics": info.get("metrics", {}),
         "labels": list(info.get("class_names", [str(i) for i in range(10)])),
         "input_spec": INPUT_SPEC,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "training_command": info.get("training_command", ""),
         "framework": f"torch {torch.__version__}",
     }

@@ -322,10 +322,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "train_loss": loss_sum / seen,
             "train_acc": correct / seen,
         }
-        monitor = data.val if data.val is not None else None
-        if monitor is not None:
-            row["val_loss"], row["val_acc"], _ = evaluate(net, monitor)
+        if data.val is not None:
+            row["val_loss"], row["val_acc"], _ = evaluate(net, data.val)
         row["elapsed_s"] = round(time.perf_counter() - started, 3)
+        if args.stop_at_test_accuracy is not None:  # time-to-accuracy runs: this evaluation is not timed
+            peek = time.perf_counter()
+            row["test_acc"] = evaluate(net, data.test)[1]
+            started += time.perf_counter() - peek
         history.append(row)
         score = row.get("val_acc", row["train_acc"])
         improved = score > best["val_acc"]
@@ -345,6 +348,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
                     "best": best, "epoch": epoch}, run_dir / "last.pt")
+        if args.stop_at_test_accuracy is not None and row["test_acc"] >= args.stop_at_test_accuracy:
+            log.info("test accuracy %.4f reached the target %.4f after %.1f s", row["test_acc"],
+                     args.stop_at_test_accuracy, row["elapsed_s"])
+            break
 
     return finish(args, run_dir, data, info, history, best)
 
@@ -486,6 +493,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--manifest", type=Path, default=None,
                      help="also add the exported model to this manifest.json, e.g. models/manifest.json "
                      "(default: none)")
+    run.add_argument("--stop-at-test-accuracy", type=float, default=None, metavar="ACC",
+                     help="evaluate the test split after every epoch and stop once its accuracy reaches ACC "
+                     "(for time-to-accuracy benchmarks only: it looks at the test set; default: off)")
     run.add_argument("--dry-run", action="store_true",
                      help=f"one epoch of {DRY_RUN_BATCHES} batches, then test and export as usual (for CI)")
     run.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")

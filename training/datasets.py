@@ -105,7 +105,7 @@ class CsvFormatError(DataError):
 
 
 @contextlib.contextmanager
-def _atomic_write(path: str | Path) -> Iterator[BinaryIO]:
+def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``path`` only once the block finishes without error.
 
     The data goes to a hidden temporary file in the same directory (so ``os.replace`` is an
@@ -252,7 +252,7 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
         raise ValueError(f"cannot write {path}: dimension sizes must be below 2**32, got {array.shape}")
     header = struct.pack(">HBB", 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     payload = np.ascontiguousarray(array, dtype=_IDX_DTYPES[code]).tobytes()
-    with _atomic_write(path) as out:
+    with atomic_write(path) as out:
         if path.name.endswith(".gz"):
             # mtime=0 and the final name (not the temporary one) make the output reproducible.
             with gzip.GzipFile(filename=path.name[:-3], mode="wb", fileobj=out, mtime=0) as gz:
@@ -462,7 +462,7 @@ def download(
         hasher = _new_hash(algorithm)
     request = urllib.request.Request(url, headers={"User-Agent": "digits-data/0.1"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response, _atomic_write(dest) as out:
+        with urllib.request.urlopen(request, timeout=timeout) as response, atomic_write(dest) as out:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             received = 0
@@ -1111,7 +1111,7 @@ def write_kaggle_csv(path: str | Path, images: np.ndarray, labels: np.ndarray | 
                 f"labels must have shape ({len(images)},) to match the images, got {labels.shape}"
             )
         label_column = _checked_uint8(labels, "labels", 9)
-    with _atomic_write(path) as out:
+    with atomic_write(path) as out:
         out.write(((_TRAIN_HEADER if label_column is not None else _TEST_HEADER) + "\n").encode("ascii"))
         for start in range(0, len(pixels), _WRITE_ROWS):
             rows = pixels[start : start + _WRITE_ROWS]
@@ -1132,7 +1132,7 @@ def write_kaggle_submission(path: str | Path, predictions: Iterable[int], start_
                 "(take argmax of the scores first)"
             ) from None
         lines.append(f"{start_id + offset},{label}\n")
-    with _atomic_write(Path(path)) as out:
+    with atomic_write(Path(path)) as out:
         out.write("".join(lines).encode("ascii"))
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from training import nets
+from training.datasets import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +56,6 @@ class _WithProbabilities(nn.Module):
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.net(pixels)  # (N, C)
         return logits, torch.softmax(logits, dim=1)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; artifacts are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def export_onnx(net: nn.Module, path: str | Path, metadata: Mapping[str, Any]) -> Path:
@@ -110,7 +96,8 @@ def export_onnx(net: nn.Module, path: str | Path, metadata: Mapping[str, Any]) -
         prop.value = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
     onnx.checker.check_model(model, full_check=True)
     _check_signature(model)
-    _atomic_write_bytes(path, model.SerializeToString())
+    with atomic_write(path) as f:
+        f.write(model.SerializeToString())
     return path
 
 
@@ -195,7 +182,8 @@ def update_manifest(
     manifest["models"] = sorted(models, key=lambda m: m["name"])
     if make_default or manifest.get("default_model") not in {m["name"] for m in models}:
         manifest["default_model"] = entry["name"]
-    _atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+    with atomic_write(manifest_path) as f:
+        f.write((json.dumps(manifest, indent=2) + "\n").encode())
     return entry
 
 

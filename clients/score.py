@@ -1,0 +1,406 @@
+"""`digits score`: predict the digits of image folders, MNIST IDX files and Kaggle CSVs, locally or remotely.
+
+    INPUT... --plan_inputs--> sources --iter_batches--> Batch --scorer--> Scored
+             --> output rows (csv | jsonl | kaggle), confusion matrix, progress bar
+
+Local mode runs the model in-process with ONNX Runtime, loaded and verified through
+``service.runtime`` exactly as the service loads it; remote mode (``--url``) sends the
+batches to a running service (see ``clients.remote``). Both write the same output.
+
+Reading (image files: decoding, in worker processes), scoring and writing overlap, each in
+its own thread with a bounded queue between them (see ``score_inputs``), so an input of any
+size streams through in bounded memory. This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from clients.batches import Batch, InputError, Scored
+from clients.outputs import FORMATS, RowFormatter, default_format, open_output
+from clients.pipeline import Prefetcher
+from clients.sources import ImageFiles, Plan, ReadOptions, UsageError, iter_batches, plan_inputs
+from training.metrics import confusion_matrix, format_report
+
+if TYPE_CHECKING:
+    from service.runtime import LoadedModel
+
+# Measured in bench/bench_score.py: one ONNX Runtime thread is fastest on small batches that stay in
+# the CPU caches; several threads need large batches to share out.
+DEFAULT_BATCH_ONE_THREAD = 128
+DEFAULT_BATCH_LOCAL = 1024
+DEFAULT_BATCH_REMOTE = 256  # the service's default limit of images per request (max_images_per_request)
+DEFAULT_CONCURRENCY = 2  # 2 x 256 images fill the service's default queue (512) without overflowing it
+MAX_ERRORS_SHOWN = 50  # bad inputs listed one by one; the summary counts all of them
+QUEUE_DEPTH = 4  # batches read ahead of inference
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _default_models_dir() -> Path:
+    from service.settings import REPO_MODELS_DIR
+
+    return Path(os.environ.get("DIGITS_MODELS_DIR") or REPO_MODELS_DIR)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = (
+        "Predict the digit of every input image with a model of the models folder (ONNX Runtime in this\n"
+        "process) or with a running service (--url), and write one row per image. With labels (IDX\n"
+        "--labels, a Kaggle train.csv, or --folder-labels) also print accuracy, per-class precision and\n"
+        "recall and the confusion matrix."
+    )
+    parser.epilog = (
+        "inputs:\n"
+        "  image files (PNG, JPEG, BMP, WebP, GIF) and folders of them (searched recursively, sorted);\n"
+        "  glob patterns (quote them: 'scans/**/*.png'); MNIST IDX image files (raw or .gz);\n"
+        "  Kaggle digit-recognizer CSVs: test.csv (pixel0..pixel783) or train.csv (label first).\n"
+        "Image files get the service's preprocessing (MNIST recipe); IDX and CSV images are used as\n"
+        "they are. Bad inputs (unreadable files, undecodable images, malformed CSV rows) are reported\n"
+        "with their path or line, skipped and counted; --strict stops at the first.\n"
+        "The input column names each image: its path, FILE[i] for the i-th image (from 0) of an IDX\n"
+        "file, FILE:LINE for a CSV row.\n\n"
+        "exit status: 0 all inputs scored; 1 some input failed (or the service gave up); 2 usage error.\n\n"
+        "examples:\n"
+        "  digits score scans/ --out predictions.csv\n"
+        "  digits score t10k-images-idx3-ubyte.gz --labels t10k-labels-idx1-ubyte.gz --plot cm.png\n"
+        "  digits score test.csv --format kaggle --out submission.csv\n"
+        "  digits score train.csv --url http://127.0.0.1:8000 --concurrency 4 --batch-size 128"
+    )
+    add = parser.add_argument
+    add("inputs", nargs="+", metavar="INPUT",
+        help="image files, folders, glob patterns, IDX image files or Kaggle CSVs")
+    add("--labels", action="append", default=[], metavar="FILE",
+        help="IDX label file of an IDX image input; once per IDX input, in their order (default: none)")
+    add("--folder-labels", action="store_true",
+        help="take an image file's true label from the nearest enclosing folder named 0-9, e.g. "
+             "digits/7/a.png or digits/7/scans/b.png (default: off)")
+
+    add = parser.add_argument_group("output").add_argument
+    add("--out", type=Path, default=None, metavar="FILE",
+        help="write the predictions here, atomically (default: standard output)")
+    add("--format", choices=FORMATS, default=None,
+        help="csv: input,digit,label,confidence,expected; jsonl: one JSON object per image with the 10 "
+             "probabilities; kaggle: the digit-recognizer submission ImageId,Label (ImageId = 1-based input "
+             "row) (default: jsonl for a .jsonl --out, else csv)")
+    add("--plot", type=Path, default=None, metavar="FILE",
+        help="with labels, save the confusion matrix as a PNG here (default: no plot)")
+    add("--strict", action="store_true",
+        help="stop at the first bad input, writing no output (default: skip bad inputs and count them)")
+    add("--quiet", action="store_true",
+        help="no progress bar (default: a progress bar with images/s when standard error is a terminal)")
+
+    add = parser.add_argument_group("model").add_argument
+    add("--model", default=None, metavar="NAME",
+        help="model name from the manifest, or a path to an .onnx file (default: the manifest's default "
+             "model; with --url, the service's default model)")
+    add("--batch-size", type=_positive, default=None, metavar="N",
+        help=f"images per inference call, or per request with --url (default: {DEFAULT_BATCH_LOCAL} local, "
+             f"{DEFAULT_BATCH_ONE_THREAD} with one ONNX Runtime thread, {DEFAULT_BATCH_REMOTE} remote: the "
+             "service's default limit of images per request)")
+
+    add = parser.add_argument_group("local mode").add_argument
+    add("--models-dir", type=Path, default=None, metavar="DIR",
+        help="folder holding manifest.json and the ONNX files (default: $DIGITS_MODELS_DIR, else the "
+             "repository's models/)")
+    add("--device", choices=("auto", "cpu", "cuda"), default="auto",
+        help="auto: CUDA when onnxruntime-gpu and a GPU are present, else CPU (default: auto)")
+    add("--threads", type=_non_negative, default=None, metavar="N",
+        help="ONNX Runtime intra-op threads; 0: one per core (default: 1 when worker processes decode image "
+             "files, as they need the cores; otherwise 2, or 1 on a single core)")
+    add("--jobs", type=_non_negative, default=None, metavar="N",
+        help=f"worker processes decoding image files; 0 decodes them in the reading thread (default: one per "
+             f"core, {_cores()} here)")
+
+    add = parser.add_argument_group("remote mode").add_argument
+    add("--url", default=None,
+        help="score with the service at this URL, e.g. http://127.0.0.1:8000 (default: local mode)")
+    add("--concurrency", type=_positive, default=DEFAULT_CONCURRENCY, metavar="N",
+        help="requests in flight at once; keep N x --batch-size within the service's queue (DIGITS_MAX_QUEUE, "
+             f"512 images by default) or it answers 503 (default: {DEFAULT_CONCURRENCY})")
+    add("--retries", type=_non_negative, default=5, metavar="N",
+        help="retries of one request answered 503/504 or cut off, with exponential backoff honouring "
+             "Retry-After (default: 5)")
+    add("--retry-budget", type=_non_negative, default=100, metavar="N",
+        help="retries allowed in the whole run before giving up (default: 100)")
+    add("--timeout", type=float, default=60.0, metavar="SECONDS",
+        help="HTTP timeout of one request (default: 60)")
+    add("--api-key", default=os.environ.get("DIGITS_API_KEY") or None, metavar="KEY",
+        help="API key sent as 'Authorization: Bearer KEY' (default: $DIGITS_API_KEY, else none)")
+
+
+# --------------------------------------------------------------------------- scorers
+
+
+class Scorer(Protocol):
+    def prepare(self, batch: Batch) -> Batch:
+        """Get a batch ready for ``map``; runs in the reading thread, ahead of scoring."""
+
+    def map(self, batches: Iterable[Batch]) -> Iterator[Scored]:
+        """Score batches, results in input order."""
+
+
+class LocalScorer:
+    """ONNX Runtime in this process."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+
+    def prepare(self, batch: Batch) -> Batch:
+        """uint8/float32 [n, 28, 28] -> the model's float32 [n, 1, 28, 28]."""
+        if batch.pixels is not None:
+            batch.pixels = batch.pixels.astype(np.float32, copy=False).reshape(-1, 1, 28, 28)
+        return batch
+
+    def map(self, batches: Iterable[Batch]) -> Iterator[Scored]:
+        for batch in batches:
+            if len(batch) and batch.pixels is not None:
+                _, probabilities = self.model.run(batch.pixels)
+            else:
+                probabilities = np.empty((0, self.model.num_classes), np.float32)
+            batch.pixels = None  # the rows and metrics need only the names, labels and probabilities
+            yield Scored(batch, probabilities, batch.errors)
+
+
+def load_local_model(
+    model: str | None, models_dir: Path | None, *, device: str = "auto", threads: int = 1, batch_size: int = 1
+) -> LoadedModel:
+    """The manifest's model ``model`` (or its default), or an .onnx file, verified like the service does."""
+    from service.runtime import ModelError, load_model, read_manifest, select_providers
+
+    try:
+        providers = select_providers(device)
+        warmup = (batch_size,)
+        if model and model.endswith(".onnx") and Path(model).is_file():
+            return load_model(model, providers=providers, intra_op_threads=threads, warmup_batch_sizes=warmup)
+        manifest = read_manifest(models_dir or _default_models_dir())
+        wanted = model or manifest.default_model or manifest.entries[0].name
+        entry = next((e for e in manifest.entries if e.name == wanted), None)
+        if entry is None:
+            known = ", ".join(e.name for e in manifest.entries)
+            raise UsageError(f"no model {wanted!r} in {manifest.path}; it lists: {known}")
+        return load_model(entry.file, name=entry.name, expected_sha256=entry.sha256, version=entry.version,
+                          providers=providers, intra_op_threads=threads, warmup_batch_sizes=warmup,
+                          manifest=entry.raw)
+    except ModelError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def default_threads(plan: Plan, jobs: int) -> int:
+    """1 when worker processes decode image files (they are the bottleneck and need the cores);
+    otherwise 2 where there are 2 cores (bench/bench_score.py measures 1 against 2)."""
+    if jobs > 0 and any(isinstance(s, ImageFiles) for s in plan.sources):
+        return 1
+    return min(2, _cores())
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+class Abort(Exception):
+    """Stop the run (strict mode's first bad input, or the service gave up); the output is not written."""
+
+
+class Reporter:
+    """Lists bad inputs on standard error (without breaking the progress bar) and counts them."""
+
+    def __init__(self, strict: bool = False) -> None:
+        self.strict = strict
+        self.failed = 0
+
+    def error(self, error: InputError) -> None:
+        """Count and list one bad input; in strict mode, stop the run instead."""
+        if self.strict:
+            raise Abort(f"stopped at the first bad input (--strict): {error}; nothing was written")
+        self.failed += 1
+        if self.failed <= MAX_ERRORS_SHOWN:
+            tqdm.write(f"skipped {error}", file=sys.stderr)
+        elif self.failed == MAX_ERRORS_SHOWN + 1:
+            tqdm.write("(further bad inputs are not listed; the summary counts them)", file=sys.stderr)
+
+    @staticmethod
+    def note(message: str) -> None:
+        tqdm.write(message, file=sys.stderr)
+
+
+@dataclass
+class Outcome:
+    scored: int
+    elapsed_s: float
+    confusion: np.ndarray  # int64 [C, C], the labelled images only
+
+
+def score_inputs(
+    plan: Plan,
+    scorer: Scorer,
+    options: ReadOptions,
+    formatter: RowFormatter,
+    out: Path | None,
+    reporter: Reporter,
+    progress: str | None = "scoring",
+) -> Outcome:
+    """Read, score and write every input; three stages overlap, each in its own thread:
+
+        reading thread:  iter_batches -> scorer.prepare  (image files: decoded by worker processes)
+        scoring thread:  scorer.map (ONNX Runtime, or HTTP requests)
+        this thread:     output rows, confusion matrix, progress bar
+
+    with at most QUEUE_DEPTH batches waiting between two stages.
+    """
+    started = time.perf_counter()
+    num_classes = len(formatter.labels)
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    scored = 0
+    bar = tqdm(total=plan.total, unit="img", unit_scale=True, desc=progress, file=sys.stderr,
+               disable=True if progress is None else None, dynamic_ncols=True, smoothing=0.05)
+    batches = map(scorer.prepare, iter_batches(plan.sources, options))
+    try:
+        with (
+            Prefetcher(batches, depth=QUEUE_DEPTH, name="digits-reader") as ready,
+            Prefetcher(scorer.map(ready), depth=QUEUE_DEPTH, name="digits-scorer") as results,
+            open_output(out) as write,
+        ):
+            write(formatter.header())
+            for result in results:
+                for error in result.errors:
+                    reporter.error(error)
+                batch = result.batch
+                if len(batch):
+                    write(formatter.rows(batch.names, batch.positions, batch.labels, result.probabilities))
+                    if batch.labels is not None:
+                        known = batch.labels >= 0
+                        predicted = result.probabilities[known].argmax(axis=1)
+                        cm += confusion_matrix(batch.labels[known], predicted, num_classes)
+                scored += len(batch)
+                bar.update(batch.seen)
+    finally:
+        bar.close()
+    return Outcome(scored, time.perf_counter() - started, cm)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Abort as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader of standard output left (`digits score ... | head`): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout must not fail again
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    remote = args.url is not None
+    jobs = _cores() if args.jobs is None else args.jobs
+    reporter = Reporter(strict=args.strict)
+    plan = plan_inputs(args.inputs, args.labels, args.folder_labels)
+    for error in plan.errors:
+        reporter.error(error)
+    if not plan.sources:
+        raise Abort("nothing to score: no usable input (see above)")
+    threads = default_threads(plan, jobs) if args.threads is None else args.threads
+    default_batch = DEFAULT_BATCH_ONE_THREAD if threads == 1 else DEFAULT_BATCH_LOCAL
+    batch_size = args.batch_size or (DEFAULT_BATCH_REMOTE if remote else default_batch)
+    options = ReadOptions(batch_size=batch_size, decode=not remote, jobs=jobs, strict=args.strict)
+    progress = None if args.quiet else "scoring"
+
+    if remote:
+        from clients.remote import RemoteError, RemoteScorer, RetryPolicy
+
+        client = RemoteScorer(
+            args.url, model=args.model, concurrency=args.concurrency, timeout_s=args.timeout,
+            policy=RetryPolicy(retries=args.retries, budget=args.retry_budget), api_key=args.api_key,
+            on_retry=lambda message: reporter.note(f"service busy: {message}"),
+        )
+        try:
+            try:
+                name, version, labels = client.describe()
+            except RemoteError as exc:
+                raise UsageError(str(exc)) from None
+            formatter = RowFormatter(args.format or default_format(args.out), labels)
+            outcome = score_inputs(plan, client, options, formatter, args.out, reporter, progress)
+        except RemoteError as exc:
+            raise Abort(f"{exc}; nothing was written") from None
+        finally:
+            client.close()
+        engine = f"{client.url}, {args.concurrency} requests at a time"
+        if client.retried:
+            engine += f", {client.retried} retries"
+    else:
+        model = load_local_model(args.model, args.models_dir, device=args.device, threads=threads,
+                                 batch_size=batch_size)
+        name, version, labels = model.name, model.version, model.labels
+        formatter = RowFormatter(args.format or default_format(args.out), labels)
+        outcome = score_inputs(plan, LocalScorer(model), options, formatter, args.out, reporter, progress)
+        device = model.provider.removesuffix("ExecutionProvider")
+        engine = f"ONNX Runtime on {device}, {threads or 'all'} thread(s)"
+
+    _report(args, outcome, labels, title=f"{name} v{version}")
+    rate = outcome.scored / outcome.elapsed_s if outcome.elapsed_s > 0 else 0.0
+    summary = (f"scored {outcome.scored:,} images in {outcome.elapsed_s:.2f} s ({rate:,.0f} images/s) "
+               f"with {name} v{version} ({engine})")
+    if args.out is not None:
+        summary += f"; wrote {args.out}"
+    if reporter.failed:
+        summary += f"; {reporter.failed:,} bad input(s) skipped (listed above)"
+    print(summary, file=sys.stderr)
+    return 1 if reporter.failed else 0
+
+
+def _report(args: argparse.Namespace, outcome: Outcome, labels: list[str], title: str) -> None:
+    """Accuracy, per-class precision and recall, the confusion matrix; and the --plot PNG."""
+    cm = outcome.confusion
+    labelled = int(cm.sum())
+    if not labelled:
+        if args.plot is not None:
+            print("--plot: no input has labels, so there is no confusion matrix to plot", file=sys.stderr)
+        return
+    to = sys.stdout if args.out is not None else sys.stderr  # keep standard output for the rows
+    if labelled < outcome.scored:
+        print(f"{labelled:,} of the {outcome.scored:,} scored images have a label; the report covers those",
+              file=to)
+    print(format_report(cm, labels), file=to)
+    if args.plot is not None:
+        from training.plots import plot_confusion_matrix
+
+        inputs = ", ".join(os.path.basename(i.rstrip("/")) for i in args.inputs)
+        plot_confusion_matrix(cm, labels, args.plot, title=f"{title} on {inputs}"[:80])
+        print(f"wrote {args.plot}", file=to)

@@ -1,0 +1,515 @@
+"""The inputs of `digits score`, read as a stream of batches: image files, MNIST IDX files, Kaggle CSVs.
+
+``plan_inputs`` turns the command line (files, folders, glob patterns) into sources;
+``iter_batches`` reads them in order as ``Batch``es of at most ``batch_size`` items. Only
+a few batches exist at a time whatever the input's size: IDX images are read a batch at a
+time (raw or through a streaming gzip reader), Kaggle CSVs through
+``training.datasets.iter_kaggle_csv`` in chunks, and image files are decoded by worker
+processes with a bounded number of tasks in flight.
+
+Image files go through ``service.preprocess.preprocess_image_bytes``, the service's own
+preprocessing, so a file gets the same pixels here as in an upload. IDX and CSV images are
+MNIST-style already and go to the model as they are.
+
+Every item has a *position*: its 1-based number among all input items, failed ones
+included (a Kaggle CSV's row on line L of the file has position L - 1). Kaggle submissions
+use it as the ImageId, so ids stay aligned with the input rows when a row is skipped.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import multiprocessing
+import os
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.context import BaseContext
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image
+
+from clients.batches import Batch, InputError, error_batch
+from clients.pipeline import ordered_map
+from service.preprocess import DEFAULT_MAX_PIXELS, SUPPORTED_FORMATS, PreprocessError, preprocess_image_bytes
+from training.datasets import (
+    IDX_IMAGES_MAGIC,
+    IDX_LABELS_MAGIC,
+    CsvFormatError,
+    DataError,
+    iter_kaggle_csv,
+    load_idx_labels,
+)
+
+# File name endings taken as images inside folders: those Pillow maps to a supported format.
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    ext for ext, fmt in Image.registered_extensions().items() if fmt in SUPPORTED_FORMATS
+)
+MNIST_PIXELS = 28 * 28
+_IDX_HEADER = struct.Struct(">IIII")  # magic, count, rows, columns
+_GZIP_MAGIC = b"\x1f\x8b"
+_GLOB_CHARS = frozenset("*?[")
+TASK_FILES = 32  # image files per decoding task: ~10-20 ms of work, so the IPC cost stays small
+MIN_FILES_FOR_WORKERS = 256  # fewer files decode faster in the reading thread than worker processes start
+
+
+class UsageError(Exception):
+    """The command line cannot work as given (not a bad input file): the message says what to change."""
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """Image files (PNG, JPEG, ...), in the order given; labels from folder names when asked."""
+
+    paths: tuple[str, ...]
+    folder_labels: bool = False
+
+    @property
+    def count(self) -> int:
+        return len(self.paths)
+
+
+@dataclass(frozen=True)
+class IdxImages:
+    """An MNIST IDX image file (raw or gzip), with the labels of its IDX label file when given."""
+
+    path: Path
+    count: int  # from the header
+    labels: np.ndarray | None = field(default=None, repr=False)  # uint8 [count]
+
+
+@dataclass(frozen=True)
+class KaggleCsv:
+    """A Kaggle digit-recognizer CSV: train.csv (labels in the first column) or test.csv."""
+
+    path: Path
+    count: None = None  # unknown until read
+
+
+Source = ImageFiles | IdxImages | KaggleCsv
+
+
+@dataclass
+class Plan:
+    sources: list[Source]
+    errors: list[InputError]  # inputs that could not be used at all (missing, unreadable, unknown kind)
+
+    @property
+    def total(self) -> int | None:
+        """Items to score, when every source knows its count (for the progress bar)."""
+        counts = [source.count for source in self.sources]
+        return None if any(c is None for c in counts) else sum(c for c in counts if c is not None)
+
+
+class _Bad(Exception):
+    """Internal: an input cannot be read; carries the reason for its InputError."""
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan_inputs(
+    inputs: Sequence[str], labels: Sequence[str | Path] = (), folder_labels: bool = False
+) -> Plan:
+    """Expand files, folders (recursively, sorted) and glob patterns into sources, in command-line order.
+
+    Inside folders only files with an image suffix are taken. A file named on the command line
+    is recognised by its content where its suffix does not say: IDX by the magic number (raw or
+    gzip), Kaggle CSV by its header; anything else is taken as an image. ``labels`` are IDX
+    label files, one per IDX image input, in order.
+    """
+    errors: list[InputError] = []
+    files: list[tuple[str, bool]] = []  # (path, named on the command line)
+    for arg in inputs:
+        files.extend(_expand(arg, errors))
+    sources: list[Source] = []
+    idx_inputs = 0
+    images: list[str] = []
+
+    def flush_images() -> None:
+        if images:
+            sources.append(ImageFiles(tuple(images), folder_labels))
+            images.clear()
+
+    for path, explicit in files:
+        kind = _kind(Path(path), explicit)
+        if kind == "image":
+            images.append(path)
+            continue
+        flush_images()
+        try:
+            if kind == "csv":
+                sources.append(KaggleCsv(Path(path)))
+            elif kind == "idx":
+                idx_inputs += 1
+                count = _idx_count(Path(path))
+                label_file = labels[idx_inputs - 1] if idx_inputs <= len(labels) else None
+                sources.append(IdxImages(Path(path), count, _idx_labels(label_file, count)))
+            else:
+                errors.append(InputError(path, kind))
+        except _Bad as exc:
+            errors.append(InputError(path, str(exc)))
+    flush_images()
+    if labels and len(labels) != idx_inputs:
+        raise UsageError(
+            f"{len(labels)} --labels file(s) for {idx_inputs} IDX image input(s); give one IDX label file "
+            "per IDX image file, in the same order"
+        )
+    return Plan(sources, errors)
+
+
+def _expand(arg: str, errors: list[InputError]) -> list[tuple[str, bool]]:
+    """(path, named explicitly) pairs for one command-line input; folders are walked in sorted order."""
+    if os.path.isdir(arg):
+        return [(p, False) for p in _walk(arg, errors)]
+    if os.path.lexists(arg) or not _GLOB_CHARS & set(arg):
+        if not os.path.lexists(arg):
+            errors.append(InputError(arg, "no such file or directory"))
+            return []
+        return [(arg, True)]
+    matches = sorted(glob.glob(arg, recursive=True))
+    if not matches:
+        errors.append(InputError(arg, "no file matches this pattern"))
+    out: list[tuple[str, bool]] = []
+    for match in matches:
+        if os.path.isdir(match):
+            out.extend((p, False) for p in _walk(match, errors))
+        else:
+            out.append((match, True))
+    return out
+
+
+def _walk(root: str, errors: list[InputError]) -> list[str]:
+    found: list[str] = []
+
+    def report(exc: OSError) -> None:
+        errors.append(InputError(exc.filename or root, f"cannot list the folder: {exc.strerror or exc}"))
+
+    for folder, subdirs, names in os.walk(root, onerror=report):
+        subdirs.sort()  # os.walk recurses in this order: the whole walk is sorted
+        found.extend(
+            os.path.join(folder, name)
+            for name in sorted(names)
+            if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+        )
+    return found
+
+
+def _kind(path: Path, explicit: bool) -> str:
+    """"image", "csv", "idx", or the reason the file cannot be used."""
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES or not explicit:
+        return "image"
+    if suffix == ".csv":
+        return "csv"
+    try:
+        with _open_maybe_gzip(path) as f:
+            head = f.read(8)
+    except (OSError, EOFError, zlib.error) as exc:
+        return f"cannot read the file: {getattr(exc, 'strerror', None) or exc}"
+    if head[:4] in (IDX_IMAGES_MAGIC.to_bytes(4, "big"), IDX_LABELS_MAGIC.to_bytes(4, "big")):
+        return "idx"
+    if head.startswith((b"pixel0", b"label,", b"\xef\xbb\xbfpixel0", b"\xef\xbb\xbflabel,")):
+        return "csv"
+    return "image"  # decoding decides, and names the format when it is not a supported image
+
+
+def _open_maybe_gzip(path: Path) -> BinaryIO:
+    """The file's content, decompressed on the fly when it starts with the gzip magic bytes."""
+    raw = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+    try:
+        compressed = raw.read(2) == _GZIP_MAGIC
+        raw.seek(0)
+    except OSError:
+        raw.close()
+        raise
+    return gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw  # type: ignore[return-value]
+
+
+def _idx_header(f: BinaryIO) -> int:
+    head = f.read(_IDX_HEADER.size)
+    if head[:4] == IDX_LABELS_MAGIC.to_bytes(4, "big"):
+        raise _Bad("this is an IDX label file; pass it with --labels, next to its IDX image file")
+    if len(head) < _IDX_HEADER.size or head[:4] != IDX_IMAGES_MAGIC.to_bytes(4, "big"):
+        raise _Bad(
+            f"not an IDX image file: expected the magic number {IDX_IMAGES_MAGIC} (0x{IDX_IMAGES_MAGIC:08x}) "
+            "and three dimensions, e.g. MNIST's t10k-images-idx3-ubyte.gz"
+        )
+    _, count, rows, cols = _IDX_HEADER.unpack(head)
+    if (rows, cols) != (28, 28):
+        raise _Bad(f"holds {rows}x{cols} images; the models take 28x28 MNIST-style images")
+    return int(count)
+
+
+def _idx_count(path: Path) -> int:
+    try:
+        with _open_maybe_gzip(path) as f:
+            return _idx_header(f)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _Bad(f"cannot read the file: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _idx_labels(path: str | Path | None, count: int) -> np.ndarray | None:
+    if path is None:
+        return None
+    try:
+        labels = load_idx_labels(path)
+    except DataError as exc:
+        raise _Bad(f"its --labels file cannot be used: {exc}") from None
+    if len(labels) != count:
+        raise _Bad(
+            f"holds {count:,} images but its --labels file {path} holds {len(labels):,} labels; "
+            "pass the label file of the same data set and split"
+        )
+    return labels
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    batch_size: int
+    decode: bool = True  # image files -> pixels here (local mode); False: keep the encoded bytes (remote)
+    jobs: int = 1  # worker processes decoding image files; 0 decodes in the reading thread
+    strict: bool = False  # stop at the first bad input
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def iter_batches(sources: Sequence[Source], options: ReadOptions) -> Iterator[Batch]:
+    """Every source's items in order, as batches of at most ``options.batch_size`` items."""
+    if options.batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {options.batch_size}")
+    offset = 0
+    for source in sources:
+        if isinstance(source, ImageFiles):
+            reader = _read_images(source, offset, options)
+        elif isinstance(source, IdxImages):
+            reader = _read_idx(source, offset, options)
+        else:
+            reader = _read_csv(source, offset, options)
+        offset += yield from reader
+
+
+def _read_idx(source: IdxImages, offset: int, options: ReadOptions) -> Iterator[Batch]:
+    """Read ``batch_size`` images at a time; a truncated or corrupt file is reported where it breaks."""
+    path = str(source.path)
+    size = options.batch_size
+    done = 0
+    try:
+        with _open_maybe_gzip(source.path) as f:
+            count = _idx_header(f)
+            while done < count:
+                want = min(size, count - done)
+                data = f.read(want * MNIST_PIXELS)
+                got = len(data) // MNIST_PIXELS
+                if got:
+                    positions = np.arange(offset + done + 1, offset + done + got + 1, dtype=np.int64)
+                    labels = None
+                    if source.labels is not None:
+                        labels = source.labels[done : done + got].astype(np.int64)
+                    yield Batch(
+                        [f"{path}[{i}]" for i in range(done, done + got)],
+                        positions,
+                        labels,
+                        pixels=np.frombuffer(data, np.uint8, got * MNIST_PIXELS).reshape(got, 28, 28),
+                        seen=got,
+                    )
+                done += got
+                if got < want:
+                    raise _Bad(
+                        f"truncated: the header declares {count:,} images but the data ends after {done:,}; "
+                        "the file is incomplete: download it again"
+                    )
+            if f.read(1):
+                raise _Bad(
+                    f"unexpected bytes after the {count:,} images the header declares (they were scored); "
+                    "the file is corrupt or its header is wrong"
+                )
+    except _Bad as exc:
+        yield error_batch([InputError(path, str(exc))], seen=source.count - done)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        reason = f"the gzip stream is truncated or corrupt ({exc}) after {done:,} images; download it again"
+        yield error_batch([InputError(path, reason)], seen=source.count - done)
+    except OSError as exc:
+        reason = f"cannot read the file after {done:,} images: {exc.strerror or exc}"
+        yield error_batch([InputError(path, reason)], seen=source.count - done)
+    return source.count
+
+
+def _read_csv(source: KaggleCsv, offset: int, options: ReadOptions) -> Iterator[Batch]:
+    """Stream the CSV in chunks of ``batch_size`` good rows; bad rows come as errors at their line."""
+    path = str(source.path)
+    last_line = 1  # the header
+    try:
+        for chunk in iter_kaggle_csv(source.path, chunk_rows=options.batch_size, strict=options.strict):
+            errors = [InputError(f"{path}:{e.line}", e.reason) for e in chunk.errors]
+            lines = chunk.lines.tolist()
+            end = max([last_line, *lines[-1:], *(e.line for e in chunk.errors)])
+            seen, last_line = end - last_line, end
+            yield Batch(
+                [f"{path}:{line}" for line in lines],
+                offset + chunk.lines - 1,
+                None if chunk.labels is None else chunk.labels.astype(np.int64),
+                pixels=chunk.images,
+                errors=errors,
+                seen=seen,
+            )
+    except CsvFormatError as exc:
+        hint = f" ({exc.hint})" if any(e.line == 1 for e in exc.errors) else ""
+        yield error_batch([InputError(f"{path}:{e.line}", e.reason + hint) for e in exc.errors])
+    except DataError as exc:
+        yield error_batch([InputError(path, str(exc).removeprefix(f"{path}: "))])
+    except OSError as exc:
+        yield error_batch([InputError(path, f"cannot read the file: {exc.strerror or exc}")])
+    return last_line - 1
+
+
+def _folder_label(path: str) -> int:
+    """The name of the nearest enclosing folder named 0-9 (digits/7/scans/a.png -> 7), else -1."""
+    for name in reversed(Path(path).parent.parts):
+        if len(name) == 1 and name.isdigit():
+            return int(name)
+    return -1
+
+
+def _read_images(source: ImageFiles, offset: int, options: ReadOptions) -> Iterator[Batch]:
+    """Decode (or just read) the files in tasks of TASK_FILES, regrouped into batches of batch_size."""
+    paths = source.paths
+    tasks = [range(start, min(start + TASK_FILES, len(paths))) for start in range(0, len(paths), TASK_FILES)]
+    work = decode_files if options.decode else read_files
+    regroup = _Regroup(source, offset, options)
+    if options.decode and options.jobs > 0 and len(paths) >= MIN_FILES_FOR_WORKERS:
+        pool = ProcessPoolExecutor(max_workers=options.jobs, mp_context=_worker_context())
+        try:
+            done = ordered_map(
+                lambda task: pool.submit(work, [paths[i] for i in task], options.max_pixels),
+                tasks,
+                window=4 * options.jobs,  # enough to keep every worker busy, few enough to bound memory
+            )
+            for task, result in zip(tasks, done, strict=True):
+                yield from regroup.add(task, result)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    else:
+        for task in tasks:
+            yield from regroup.add(task, work([paths[i] for i in task], options.max_pixels))
+    yield from regroup.flush()
+    return len(paths)
+
+
+# (pixels float32 [k, 28, 28] or encoded bytes, indices of the k good files, (index, reason) of the bad ones)
+TaskResult = tuple[np.ndarray | list[bytes], list[int], list[tuple[int, str]]]
+
+
+def decode_files(paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> TaskResult:
+    """Read and preprocess image files (runs in a worker process): the service's preprocessing, per file."""
+    out = np.empty((len(paths), 28, 28), np.float32)
+    good: list[int] = []
+    bad: list[tuple[int, str]] = []
+    for i, path in enumerate(paths):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            out[len(good)] = preprocess_image_bytes(data, max_pixels=max_pixels)
+        except OSError as exc:
+            bad.append((i, f"cannot read the file: {exc.strerror or exc}"))
+        except PreprocessError as exc:
+            bad.append((i, str(exc)))
+        else:
+            good.append(i)
+    return out[: len(good)], good, bad
+
+
+def read_files(paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> TaskResult:
+    """Read image files undecoded (remote mode: the service decodes them)."""
+    del max_pixels  # the service applies its own limit
+    blobs: list[bytes] = []
+    good: list[int] = []
+    bad: list[tuple[int, str]] = []
+    for i, path in enumerate(paths):
+        try:
+            with open(path, "rb") as f:
+                blobs.append(f.read())
+        except OSError as exc:
+            bad.append((i, f"cannot read the file: {exc.strerror or exc}"))
+        else:
+            good.append(i)
+    return blobs, good, bad
+
+
+def _worker_context() -> BaseContext:
+    """Worker processes for decoding: forkserver where available (a fork of this multi-threaded process
+    is unsafe, and a fresh interpreter per worker is slow to start), spawn elsewhere. Either way a
+    worker also imports the main script (as ``__mp_main__``): for `digits` that is the small cli.py."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])  # workers start with numpy, Pillow and this module loaded
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+class _Regroup:
+    """Collects finished tasks, hands out batches of exactly ``batch_size`` items (the last may be short)."""
+
+    def __init__(self, source: ImageFiles, offset: int, options: ReadOptions) -> None:
+        self.source = source
+        self.offset = offset
+        self.size = options.batch_size
+        self.strict = options.strict
+        self.indices: list[int] = []  # of the good files waiting, in order
+        self.arrays: list[np.ndarray] = []  # their pixels, float32 [k, 28, 28] per task (local mode)
+        self.blobs: list[bytes] = []  # or their encoded bytes (remote mode)
+        self.errors: list[InputError] = []
+        self.seen = 0  # files handled since the last batch, good or bad
+
+    def add(self, task: range, result: TaskResult) -> Iterator[Batch]:
+        payload, good, bad = result
+        self.indices.extend(task[i] for i in good)
+        if isinstance(payload, np.ndarray):
+            self.arrays.append(payload)
+        else:
+            self.blobs.extend(payload)
+        self.errors.extend(InputError(self.source.paths[task[i]], reason) for i, reason in bad)
+        self.seen += len(task)
+        if bad and self.strict:  # report it now: the consumer stops at the first bad input
+            yield self._take(0)
+        while len(self.indices) >= self.size:
+            yield self._take(self.size)
+
+    def flush(self) -> Iterator[Batch]:
+        if self.indices or self.errors:
+            yield self._take(len(self.indices))
+
+    def _take(self, n: int) -> Batch:
+        indices, self.indices = self.indices[:n], self.indices[n:]
+        pixels = blobs = None
+        if self.arrays:
+            waiting = np.concatenate(self.arrays) if len(self.arrays) > 1 else self.arrays[0]
+            pixels, rest = waiting[:n], waiting[n:]
+            self.arrays = [rest] if len(rest) else []
+        else:
+            blobs, self.blobs = self.blobs[:n], self.blobs[n:]
+        paths = self.source.paths
+        labels = None
+        if self.source.folder_labels:
+            labels = np.fromiter((_folder_label(paths[i]) for i in indices), np.int64, len(indices))
+        batch = Batch(
+            [paths[i] for i in indices],
+            np.asarray(indices, np.int64) + self.offset + 1,
+            labels,
+            pixels=pixels,
+            blobs=blobs,
+            errors=self.errors,
+            seen=self.seen,
+        )
+        self.errors, self.seen = [], 0
+        return batch

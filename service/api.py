@@ -166,7 +166,7 @@ async def predict(
     multipart uploads (field `file`, repeatable) or a raw `image/*` body. Uploaded images go through
     the MNIST recipe (see `service/preprocess.py`). A blank image (no ink) is refused with 422."""
     settings = settings_of(request)
-    registry_of(request).get(model)  # unknown model: 404 before reading the body
+    registry_of(request).get(model).admit()  # unknown model 404, full queue 503: before reading the body
     x = await read_inputs(request, settings)
     served = registry_of(request).get(model)  # looked up again: a reload may have swapped it meanwhile
     _, probabilities = await served.infer(x, settings.request_timeout_s)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
@@ -19,7 +20,7 @@ from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import ServiceMiddleware
 from service.registry import ModelRegistry
-from service.security import SecurityMiddleware
+from service.security import PROTECTED, SecurityMiddleware
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -34,6 +35,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Uploads are decoded in the thread pool; a large image takes up to ~8 bytes per pixel while it is
+        # decoded, so the pool's size (anyio's default: 40) times max_image_pixels is the memory a burst of
+        # uploads can take. Inference has its own threads (one per batcher) and is not affected.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.decode_threads
         await registry.load_all()
         if registry.ready:
             log.info("ready: %s (default %s)", ", ".join(registry.served), registry.default_model)
@@ -73,15 +78,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.api_key is not None:  # model management exists only behind a key
         app.include_router(repository.router)
     web.mount(app)
-    # Outermost last: limits and metrics see every request, auth runs before any body is read.
+    # Outermost last: limits and metrics see every request, auth runs before any body is read, and CORS
+    # wraps them all: a browser's preflight carries no key (it must not get 401), and a 401 or 413 needs
+    # the CORS headers for the page that sent the request to read it.
+    app.add_middleware(SecurityMiddleware,
+                       api_key=settings.api_key.get_secret_value() if settings.api_key else None)
+    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type",
                                           "Inference-Header-Content-Length"],
                            expose_headers=["Inference-Header-Content-Length"])
-    app.add_middleware(SecurityMiddleware,
-                       api_key=settings.api_key.get_secret_value() if settings.api_key else None)
-    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -90,11 +97,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for model in api.SCHEMAS:  # bodies parsed by hand, documented here
                 components[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            if settings.api_key is not None:
+                _document_api_key(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _document_api_key(schema: dict[str, Any]) -> None:
+    """Declare the API key (both ways of sending it) on the operations that need it, with their 401."""
+    schema["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <DIGITS_API_KEY>"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "the DIGITS_API_KEY"},
+    }
+    for path, operations in schema["paths"].items():
+        if not PROTECTED.match(path):  # templates like /v2/models/{model_name}/infer match as any name would
+            continue
+        for operation in operations.values():
+            operation["security"] = [{"bearer": []}, {"apiKey": []}]
+            operation["responses"]["401"] = {
+                "description": "missing or wrong API key",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+            }
 
 
 def app_from_env() -> FastAPI:

@@ -31,6 +31,16 @@ class Served:
     batcher: DynamicBatcher
     registry: ModelRegistry | None = None
 
+    def admit(self) -> None:
+        """Refuse at once (503 + Retry-After) while this model's queue is full: for the routes to call
+        before they read and parse a body. Under overload most requests are refused; reading and
+        parsing each of them first takes the event loop from the requests being served (and from the
+        batcher), so accepted throughput collapses, latency grows to seconds and memory with it."""
+        pending, limit = self.batcher.pending, self.batcher.max_queue
+        if pending >= limit:
+            raise ApiError(503, f"server busy: {pending} images already queued (limit {limit}); retry after 1 s",
+                           {"Retry-After": "1"})
+
     async def infer(self, x: np.ndarray, timeout_s: float) -> tuple[np.ndarray, ...]:
         """(logits, probabilities) for float32 pixels [N,1,28,28], through the batcher; errors as ApiError."""
         try:
@@ -117,7 +127,7 @@ class ModelRegistry:
                     providers=self._providers, intra_op_threads=self.settings.intra_op_threads,
                     warmup_batch_sizes=self._warmup_sizes, manifest=entry.raw,
                 )
-            except ModelError as exc:
+            except ModelError as exc:  # refused: the version already serving keeps serving
                 keeps = "the loaded version keeps serving" if name in self.served else "it is not served"
                 log.error("reload of %s rejected (%s): %s", name, keeps, exc)
                 raise ApiError(400, f"model {name!r} not loaded ({keeps}): {exc}") from None
@@ -144,7 +154,7 @@ class ModelRegistry:
         try:
             names = [e.name for e in (await asyncio.to_thread(read_manifest, self.settings.models_dir)).entries]
         except ModelError as exc:
-            log.error("reload rejected: %s", exc)
+            log.error("reload rejected, every model keeps serving: %s", exc)
             return {}
         outcome: dict[str, str] = {}
         for name in names:

@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "pixels"
 OUTPUT_NAMES = ("logits", "probabilities")
+# ONNX Runtime's own error types share no base class but Exception; these are the ones a bad file raises.
+_ORT_ERRORS: tuple[type[Exception], ...] = tuple(
+    getattr(ort.capi.onnxruntime_pybind11_state, name)
+    for name in ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
+                 "InvalidProtobuf", "NotImplemented", "InvalidGraph", "EPFail")
+    if hasattr(ort.capi.onnxruntime_pybind11_state, name)
+) + (RuntimeError,)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -81,8 +88,12 @@ def read_manifest(models_dir: str | Path) -> Manifest:
         ) from None
     except json.JSONDecodeError as exc:
         raise ModelError(f"{path} is not valid JSON ({exc}); restore it from the repository") from None
+    models = doc.get("models") if isinstance(doc, dict) else None
+    if not isinstance(models, list) or not all(isinstance(item, dict) for item in models):
+        raise ModelError(f'{path} is not a manifest: expected {{"models": [{{"name", "file", "sha256"}}, ...]}}; '
+                         "restore it from the repository or re-export with `digits export --manifest`")
     entries = []
-    for i, item in enumerate(doc.get("models", [])):
+    for i, item in enumerate(models):
         try:
             entries.append(
                 ManifestEntry(
@@ -95,6 +106,8 @@ def read_manifest(models_dir: str | Path) -> Manifest:
             )
         except KeyError as exc:
             raise ModelError(f"{path}: model #{i} lacks the field {exc}") from None
+        except TypeError as exc:  # e.g. a number where the file name should be
+            raise ModelError(f"{path}: model #{i} has a field of the wrong type ({exc})") from None
     if not entries:
         raise ModelError(f"{path} lists no models")
     return Manifest(path, doc.get("default_model"), tuple(entries))
@@ -147,7 +160,7 @@ class LoadedModel:
             "name": self.name,
             "version": self.version,
             "architecture": self.metadata.get("architecture"),
-            "parameters": self.metadata.get("parameters"),
+            "parameters": _count(self.metadata.get("parameters")),  # ONNX metadata holds it as a string
             "dataset": self.metadata.get("dataset"),
             "metrics": self.metadata.get("metrics", {}),
             "labels": self.labels,
@@ -156,6 +169,14 @@ class LoadedModel:
             "sha256": self.sha256,
             "created": self.metadata.get("created"),
         }
+
+
+def _count(value: Any) -> int | None:
+    """An integer count from metadata ("61706" -> 61706); None when absent or not a count."""
+    try:
+        return int(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _check_signature(session: ort.InferenceSession, path: Path) -> int:
@@ -212,8 +233,7 @@ def load_model(
     providers = providers or [CPU]
     try:
         session = ort.InferenceSession(str(path), session_options(intra_op_threads), providers=providers)
-    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
-            ort.capi.onnxruntime_pybind11_state.InvalidProtobuf, RuntimeError) as exc:
+    except _ORT_ERRORS as exc:
         raise ModelError(f"{path}: ONNX Runtime cannot load it: {exc}") from None
     if providers[0] == CUDA and session.get_providers()[0] != CUDA:
         raise DeviceError(
@@ -235,8 +255,11 @@ def load_model(
         provider=session.get_providers()[0],
         manifest=dict(manifest or {}),
     )
-    for n in warmup_batch_sizes:
-        model.run(np.zeros((n, 1, 28, 28), np.float32))
+    try:
+        for n in warmup_batch_sizes:
+            model.run(np.zeros((n, 1, 28, 28), np.float32))
+    except _ORT_ERRORS as exc:
+        raise ModelError(f"{path}: the model fails when run (warm-up at batch {n}): {exc}") from None
     return model
 
 

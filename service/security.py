@@ -34,13 +34,26 @@ PAGE_HEADERS = [
 NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 
-def _presented_key(scope: Scope) -> bytes | None:
+def _presented_keys(scope: Scope) -> list[bytes]:
+    """Every key the request presents: X-API-Key headers and Authorization headers, whose value must be
+    ``Bearer <key>`` (any other scheme, or a bearer without a token, presents a key that never matches)."""
+    keys = []
     for name, value in scope["headers"]:
         if name == b"x-api-key":
-            return value
-        if name == b"authorization" and value[:7].lower() == b"bearer ":
-            return value[7:].strip()
-    return None
+            keys.append(value)
+        elif name == b"authorization":
+            keys.append(value[7:].strip() if value[:7].lower() == b"bearer " else b"")
+    return keys
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the router matches. ``scope["path"]`` includes the root path the app is mounted under
+    (``uvicorn --root-path /api``, a proxy prefix); matching it would let ``/api/predict`` skip the key."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root):len(root) + 1] in ("", "/"):
+        return path[len(root):] or "/"
+    return path
 
 
 class SecurityMiddleware:
@@ -52,12 +65,13 @@ class SecurityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
+        path = _route_path(scope)
         if self.api_key is not None and PROTECTED.match(path):
-            presented = _presented_key(scope)
-            if presented is None or not hmac.compare_digest(presented, self.api_key):
+            presented = _presented_keys(scope)
+            # Every key presented must be right, so the answer cannot depend on which header comes first.
+            if not presented or not all([hmac.compare_digest(k, self.api_key) for k in presented]):
                 message = ("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-                           if presented is None else "invalid API key")
+                           if not presented else "invalid API key")
                 body = orjson.dumps({"detail": message, "error": message})
                 await send({"type": "http.response.start", "status": 401, "headers": [
                     (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=784, description="largest decoded image (width x height), checked before decoding; beyond it 413"
     )
+    decode_threads: int = Field(
+        4, ge=1, description="images decoded at once (others wait their turn); decoding takes up to ~8 bytes per "
+                             "pixel, so this times max_image_pixels bounds the memory uploads can take"
+    )
 
     # Access control.
     api_key: SecretStr | None = Field(None, description="when set, prediction needs it (Bearer or X-API-Key)")

@@ -341,7 +341,8 @@ def _tensor_fromjson_response(data: Any, shape: tuple[int, ...]) -> np.ndarray:
     if array.size != expected:
         raise ApiError(422, f'input {INPUT_NAME!r}: "data" has {array.size} values but shape {list(shape)} '
                             f"needs {expected}")
-    return array.astype(np.float32, copy=False).reshape(shape)
+    with np.errstate(over="ignore"):  # 1e300 becomes inf here and is refused by the range check
+        return array.astype(np.float32, copy=False).reshape(shape)
 
 
 def _first_non_number(data: Any) -> str:
@@ -465,8 +466,9 @@ def _infer_response(doc: dict[str, Any], served: Served, results: dict[str, np.n
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     settings = settings_of(request)
+    _served(request, name, version).admit()  # unknown model 404, full queue 503: before reading the body
     body = await request.body()
-    # Looked up after the last await before submitting, so a model reloaded meanwhile is not missed.
+    # Looked up again after the last await before submitting, so a model reloaded meanwhile is not missed.
     served = _served(request, name, version)
     head, tail = _split_body(request, body)
     try:

@@ -15,24 +15,20 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.live_server import free_port, start_server, stop_server, wait_ready  # noqa: E402
 from training import datasets  # noqa: E402
 
 CONFIGS = {  # name -> (environment, workers)
@@ -50,12 +46,6 @@ class Result:
     p99_ms: float
     non2xx: int
     requests: int
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ms(text: str) -> float:
@@ -108,28 +98,9 @@ def multipart(data: bytes) -> tuple[bytes, str]:
 
 def start(config: str, port: int, models_dir: Path) -> subprocess.Popen:
     env_extra, workers = CONFIGS[config]
-    env = {**os.environ, **env_extra, "DIGITS_MODELS_DIR": str(models_dir), "DIGITS_WORKERS": str(workers),
-           "DIGITS_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"{config}: server not ready in 90 s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    proc = start_server(port, models_dir, output=subprocess.DEVNULL, DIGITS_WORKERS=str(workers), **env_extra)
+    wait_ready(port, proc, timeout_s=90)
+    return proc
 
 
 def main() -> int:
@@ -176,7 +147,7 @@ def main() -> int:
                     print(f"{config:<13} {kind:<8} {clients:>7} {r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
                           f"{r.non2xx:>8}", flush=True)
         finally:
-            stop(proc)
+            stop_server(proc)
 
     def get(config: str, kind: str, clients: int) -> Result | None:
         return results.get((config, kind, clients))

@@ -63,6 +63,17 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 60) -> None
     raise AssertionError("server not ready in time")
 
 
+def stop_server(proc: subprocess.Popen, timeout_s: float = 20) -> None:
+    """SIGTERM (a graceful shutdown), then SIGKILL if it has not exited within ``timeout_s``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
     """Resident memory of process ``pid`` in MiB: now (VmRSS), or its peak so far (``field="VmHWM"``)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.live_server import REPO, free_port, pending_images, start_server, wait_ready, wait_until
+from tests.live_server import REPO, free_port, pending_images, start_server, stop_server, wait_ready, wait_until
 
 
 def test_sigterm_finishes_queued_requests_then_exits(models_dir: Path, mnist_test_sample) -> None:
@@ -75,12 +75,7 @@ def test_device_auto_falls_back_to_cpu_and_serves(models_dir: Path) -> None:
         x = np.zeros((28, 28), int).tolist()
         assert httpx.post(f"http://127.0.0.1:{port}/predict", json={"pixels": x}, timeout=5).status_code == 200
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_server(proc)
 
 
 def test_missing_models_dir_is_a_clear_start_up_error(tmp_path: Path) -> None:

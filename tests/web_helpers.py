@@ -7,28 +7,19 @@ wider than one scaled pixel the runs merge into the digit's shape, as a pen woul
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-import httpx
 import numpy as np
 from playwright.sync_api import Page
 
+from tests.live_server import free_port, start_server, stop_server, wait_ready
+
 REPO = Path(__file__).resolve().parents[1]
 INK = 128  # a pixel above this (0..255) is ink to trace
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -38,62 +29,33 @@ class ServiceProcess:
     models_dir: Path
     port: int = field(default_factory=free_port)
     ready_timeout_s: float = 60.0
-    proc: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = None
+    proc: subprocess.Popen | None = None
+    _log: IO[str] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        env = {
-            **os.environ,
-            "DIGITS_MODELS_DIR": str(self.models_dir),
-            "DIGITS_HOST": "127.0.0.1",
-            "DIGITS_PORT": str(self.port),
-            "DIGITS_INTRA_OP_THREADS": "1",
-            "DIGITS_LOG_LEVEL": "warning",
-        }
         if self._log is not None:
             self._log.close()
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (outlives this call: read by log(), closed on restart)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "service.app:app_from_env", "--factory",
-             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
-            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the service exited with {self.proc.returncode} before it was ready:\n"
-                                     f"{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise AssertionError(f"the service was not ready within {self.ready_timeout_s:.0f} s:\n{self.log()}")
+        self._log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (outlives this call: read by log(), closed on restart)
+        self.proc = start_server(self.port, self.models_dir, output=self._log, DIGITS_INTRA_OP_THREADS="1")
+        try:
+            wait_ready(self.port, self.proc, self.ready_timeout_s)
+        except AssertionError as exc:
+            self.stop()
+            raise AssertionError(f"{exc}\n{self.log()}") from None
 
     def log(self) -> str:
         if self._log is None:
             return ""
         self._log.seek(0)
-        return self._log.read().decode(errors="replace")[-4000:]
+        return self._log.read()[-4000:]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_server(self.proc, timeout_s=15)
         self.proc = None
 
 

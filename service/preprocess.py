@@ -13,15 +13,24 @@ The MNIST recipe (LeCun et al.): crop to the ink's bounding box, scale it to fit
 keeping the aspect ratio (anti-aliased, so grey levels remain), place it in a 28x28 field
 so that its centre of mass sits at the centre. Real MNIST digits have their centre of mass
 within half a pixel of (14, 14) (row, column), which is what `to_mnist` reproduces.
+
+Speed: every upload pays for this, so the work follows the ink, not the image. The paper's
+tone and noise come from the border ring (a histogram, not a sort of the image); the
+per-pixel steps run on the rectangle that can hold ink; the untouched transparent pixels of
+a canvas export are never converted; EXIF is parsed only when the file carries some. The
+pixels are exactly those of the plain whole-image computation (tests/test_preprocess.py
+holds one and compares), so the shortcuts change speed, never answers.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import re
 import struct
 import warnings
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
@@ -226,8 +235,15 @@ def _describe_unidentified(data: bytes) -> str:
     return "the data is not an image in a supported format"
 
 
+# Where Pillow's Image.getexif finds an orientation: an image with none of these (a canvas
+# export, a scan) needs no EXIF parsing.
+_ORIENTATION_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
+
+
 def _apply_exif_orientation(image: Image.Image) -> Image.Image:
     """Rotate phone photos upright. A malformed EXIF block is ignored, not an error."""
+    if not any(key in image.info for key in _ORIENTATION_KEYS):
+        return image
     try:
         return ImageOps.exif_transpose(image, in_place=True) or image
     except _DECODE_ERRORS:
@@ -249,18 +265,66 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
     Images with transparency are flattened first (see `_composite_alpha`). An image without
     ink comes out all zero.
     """
-    return _ink_from_luma(_luminance(image))
+    luma = _luma_of(image)
+    gray = np.zeros((luma.height, luma.width), dtype=np.float32)
+    found = _find_ink(luma)
+    if found is not None:
+        ink, top, left = found
+        gray[top : top + ink.shape[0], left : left + ink.shape[1]] = ink
+    return gray
 
 
-def _luminance(image: Image.Image) -> np.ndarray:
-    """Any Pillow image -> float32 [H,W] luminance 0..255 (transparency flattened)."""
+@dataclass(frozen=True, slots=True)
+class _Luma:
+    """A [height,width] luminance image (0..255) held as the rectangle that can hold ink.
+
+    `inner` sits at rows top.., columns left.. and every pixel outside it is `fill`. Most
+    images are held whole, as uint8 (their luminance is whole numbers) or float32. A canvas
+    export is mostly untouched, fully transparent black pixels: only the rectangle around
+    the strokes is converted, and the statistics count the rest without visiting it.
+    """
+
+    inner: np.ndarray  # [h,w] uint8 or float32
+    top: int
+    left: int
+    height: int
+    width: int
+    fill: float  # the value outside `inner` (unused when it covers the image)
+
+    @property
+    def whole(self) -> bool:
+        return self.inner.shape == (self.height, self.width)
+
+
+def _whole(luma: np.ndarray) -> _Luma:
+    height, width = luma.shape
+    return _Luma(luma, 0, 0, height, width, 0.0)
+
+
+def _blank(height: int, width: int) -> _Luma:
+    return _Luma(np.zeros((1, 1), dtype=np.float32), 0, 0, height, width, 0.0)
+
+
+def _expand(luma: _Luma) -> np.ndarray:
+    """The float32 [H,W] luminance a _Luma stands for."""
+    if luma.whole:
+        return luma.inner.astype(np.float32)
+    full = np.full((luma.height, luma.width), luma.fill, dtype=np.float32)
+    full[luma.top : luma.top + luma.inner.shape[0], luma.left : luma.left + luma.inner.shape[1]] = luma.inner
+    return full
+
+
+def _luma_of(image: Image.Image) -> _Luma:
+    """Any Pillow image -> its luminance 0..255 (transparency flattened)."""
     if image.mode in _WIDE_INT_MODES or image.mode == "F":
-        return _wide_to_luma(image)
+        return _whole(_wide_to_luma(image))
     if image.mode in _ALPHA_MODES or "transparency" in image.info:
         return _composite_alpha(image)
     if image.mode == "LAB":
-        return np.asarray(image.getchannel("L"), dtype=np.float32)  # L* is the lightness
-    return np.asarray(_convert(image, "L"), dtype=np.float32)
+        return _whole(np.asarray(image.getchannel("L")))  # L* is the lightness
+    if image.mode == "L":
+        return _whole(np.asarray(image))
+    return _whole(np.asarray(_convert(image, "L")))  # uint8: Pillow converts in C
 
 
 def _convert(image: Image.Image, mode: str) -> Image.Image:
@@ -289,8 +353,8 @@ def _wide_to_luma(image: Image.Image) -> np.ndarray:
     return np.clip(values, 0.0, 65535.0) * np.float32(255.0 / 65535.0)
 
 
-def _composite_alpha(image: Image.Image) -> np.ndarray:
-    """Flatten an image with transparency onto a background, as luminance [H,W] 0..255.
+def _composite_alpha(image: Image.Image) -> _Luma:
+    """Flatten an image with transparency onto a background, as luminance 0..255.
 
     Where most of the area is transparent, the opaque pixels are the strokes and the alpha
     is the ink (ink = alpha * contrast of the stroke colour against the background). The
@@ -300,69 +364,289 @@ def _composite_alpha(image: Image.Image) -> np.ndarray:
     colour, it is the tone opposite to the strokes: black strokes go onto white, white
     onto black. Where most of the area is opaque (a screenshot with transparent corners),
     the opaque part is the picture and goes onto its own paper tone.
+
+    Only the bounding box of the pixels that are not (0,0,0,0) is converted: outside it
+    the luminance and the alpha are 0, which the statistics below count without looking,
+    and the flattened value is the background.
     """
     if image.mode not in ("RGBA", "LA"):
         image = image.convert("RGBA")
-    luma = np.asarray(image.convert("L"))  # [H,W] uint8, ignores alpha
-    alpha = np.asarray(image.getchannel("A"))  # [H,W] uint8
-    coverage = float(alpha.mean()) / 255.0
-    if coverage >= 1.0:
-        return luma.astype(np.float32)
-    if coverage <= 0.0:
-        return np.zeros(luma.shape, dtype=np.float32)  # fully transparent: no ink
+    width, height = image.size
+    box = image.getbbox(alpha_only=False)  # in C; None: every pixel is (0,0,0,0)
+    if box is None:
+        return _blank(height, width)
+    left, top, right, bottom = box
+    if (right - left, bottom - top) != (width, height):
+        image = image.crop(box)
+    luma = np.asarray(image.convert("L"))  # [h,w] uint8, ignores alpha
+    alpha = np.asarray(image.getchannel("A"))  # [h,w] uint8
+    area = width * height
+    outside = area - alpha.size  # transparent black pixels around the box
+    if not outside and alpha.min() == 255:
+        return _whole(luma)  # every pixel opaque (coverage 1)
+    visible = np.count_nonzero(alpha)
+    if not visible:
+        return _blank(height, width)  # fully transparent (coverage 0): no ink
+    # coverage is alpha.mean() / 255 over the whole image; below half the area visible it is
+    # below one half whatever the alpha values, so they need no summing.
     opaque = alpha >= 128
-    if coverage >= _OPAQUE_PICTURE_COVERAGE:
-        background = _median_u8(luma[opaque])  # the picture's paper
+    if 2 * visible >= area and int(alpha.sum()) / area / 255.0 >= _OPAQUE_PICTURE_COVERAGE:
+        background = _median_of_counts(np.bincount(luma[opaque], minlength=256))  # the picture's paper
     else:
         strokes = luma[opaque] if opaque.any() else luma[alpha > 0]
-        hidden = luma[alpha == 0]
-        under = _median_u8(hidden) if hidden.size else None
-        if under is not None and np.percentile(np.abs(strokes - np.float32(under)), 90) >= _STROKE_CONTRAST:
+        under = _hidden_median(luma, alpha, alpha.size - visible, outside)
+        if under is not None and _contrast_reaches(strokes, under, _STROKE_CONTRAST):
             background = under
-        else:
-            background = 255.0 if float(strokes.mean()) < 127.5 else 0.0
-    weight = alpha.astype(np.float32) * np.float32(1 / 255)
-    return np.float32(background) + weight * (luma - np.float32(background))
+        else:  # int sum / count: exactly strokes.mean()
+            background = 255.0 if int(strokes.sum()) / strokes.size < 127.5 else 0.0
+    # background + alpha/255 * (luma - background), operation by operation as float32
+    flat = np.subtract(luma, np.float32(background), dtype=np.float32)
+    weight = alpha.astype(np.float32)
+    weight *= np.float32(1 / 255)
+    flat *= weight
+    flat += np.float32(background)
+    return _Luma(flat, top, left, height, width, background)  # weight 0 outside: the background
 
 
-def _median_u8(values: np.ndarray) -> float:
-    """Median of uint8 values by histogram: linear time, no sort of a full image."""
-    cumulative = np.cumsum(np.bincount(values.ravel(), minlength=256))
+def _median_of_counts(counts: np.ndarray) -> float:
+    """Median of uint8 values from their histogram (the lower of the two middle values when
+    the count is even): linear time, no sort of a full image."""
+    cumulative = np.cumsum(counts)
     return float(np.searchsorted(cumulative, (cumulative[-1] + 1) // 2))
 
 
-def _ink_from_luma(luma: np.ndarray) -> np.ndarray:
-    """[H,W] luminance -> [H,W] ink: background 0, strongest ink 255, noise removed."""
-    height, width = luma.shape
-    ring = max(1, round(min(height, width) * _BORDER_FRACTION))
-    border = np.concatenate(
-        [luma[:ring].ravel(), luma[-ring:].ravel(), luma[:, :ring].ravel(), luma[:, -ring:].ravel()]
-    )
-    background = float(np.median(border))  # the majority tone at the edges is the paper
-    noise = 1.4826 * float(np.median(np.abs(border - background)))  # robust sigma of the paper
+def _hidden_median(luma: np.ndarray, alpha: np.ndarray, inside: int, outside: int) -> float | None:
+    """Median luminance of the fully transparent pixels (None if there are none): `inside`
+    the box, and `outside` it transparent black. When those are the majority it is 0 at once."""
+    hidden = inside + outside
+    if not hidden:
+        return None
+    if outside >= (hidden + 1) // 2:  # the lower median is among the zeros
+        return 0.0
+    counts = np.bincount(luma[alpha == 0], minlength=256)
+    counts[0] += outside
+    return _median_of_counts(counts)
+
+
+def _contrast_reaches(strokes: np.ndarray, under: float, limit: float) -> bool:
+    """Whether np.percentile(|strokes - under|, 90) reaches `limit`: decided by the range of
+    the deviations when it lies on one side of `limit`, else by the two order statistics the
+    percentile interpolates between (from a histogram), else by np.percentile itself."""
+    low, high = float(strokes.min()), float(strokes.max())
+    farthest = max(high - under, under - low)
+    nearest = max(low - under, under - high, 0.0)
+    if farthest < limit or nearest >= limit:
+        return nearest >= limit
+    deviations = np.abs(_LEVELS - np.float32(under))  # per grey level, as float32 like the pixels
+    order = np.argsort(deviations, kind="stable")
+    cumulative = np.cumsum(np.bincount(strokes, minlength=256)[order])
+    index = math.floor((strokes.size - 1) * 0.9)  # np.percentile's (n - 1) * q, rounded down
+    below = deviations[order[np.searchsorted(cumulative, index, side="right")]]
+    above = deviations[order[np.searchsorted(cumulative, min(index + 1, strokes.size - 1), side="right")]]
+    if below >= limit or above < limit:
+        return bool(below >= limit)
+    return bool(np.percentile(np.abs(strokes - np.float32(under)), 90) >= limit)
+
+
+def _find_ink(luma: _Luma) -> tuple[np.ndarray, int, int] | None:
+    """Luminance -> its ink: background 0, strongest ink 255, noise removed.
+
+    Returns float32 [h,w] ink of the rectangle at (top, left) outside which the image has
+    none, or None when it has none at all. The paper's tone and noise come from the border
+    ring, the extremes from the whole image; everything per pixel (polarity masses,
+    thresholds, specks, scaling) is then done on the rectangle of the pixels far enough from
+    the paper to matter, with the same float32 arithmetic as on the whole image.
+    """
+    background, noise = _paper(luma)
+    paper = np.float32(background)
+    inner = luma.inner
+    high, low = inner.max(), inner.min()
+    if not luma.whole:
+        high, low = max(high, np.float32(luma.fill)), min(low, np.float32(luma.fill))
+    if inner.dtype == np.uint8:  # whole numbers less a whole or half one: exact in float64 too
+        lightest, darkest = float(high) - background, background - float(low)
+    else:
+        lightest, darkest = float(high - paper), -float(low - paper)  # float32, as the pixels
 
     # Polarity: ink lies on the side of the background with more strong deviation. Headroom
     # decides it for clean images (nothing is darker than a black background); on grey
     # paper the ink's mass outweighs paper texture and glare.
-    ink = luma - np.float32(background)  # [H,W], lighter > 0
-    lightest, darkest = float(ink.max()), -float(ink.min())
     floor = 0.25 * max(lightest, darkest)
-    if darkest > lightest:
-        dark_ink = lightest < floor or _mass_beyond(-ink, floor) > _mass_beyond(ink, floor)
+    reach = _reach(lightest, darkest, floor, noise)
+    if reach is None:
+        return None  # nothing stands out from the paper on either side
+    if not luma.whole and abs(float(np.float32(luma.fill) - paper)) >= reach * _REACH_MARGIN:
+        luma = _whole(_expand(luma))  # the pixels outside may be ink: look at all of them
+        inner = luma.inner
+    # The rectangle that can hold ink: a box around a canvas's strokes already is one, and a
+    # small image is taken whole; otherwise, the pixels at least about `reach` from the paper.
+    if not luma.whole or inner.size <= _SMALL_IMAGE:
+        top, bottom, left, right = 0, inner.shape[0], 0, inner.shape[1]
     else:
-        dark_ink = darkest >= floor and _mass_beyond(-ink, floor) > _mass_beyond(ink, floor)
-    if dark_ink:
-        np.negative(ink, out=ink)
-    np.maximum(ink, 0.0, out=ink)
+        if inner.dtype == np.uint8:  # whole grey levels: compare in uint8
+            far = _far_u8(inner, background, reach)
+        else:
+            far = np.abs(inner - paper) >= np.float32(reach * _REACH_MARGIN)
+        extent = _bounds(far)
+        if extent is None:
+            return None
+        top, bottom, left, right = extent
+    crop = inner[top:bottom, left:right]
+
+    if darkest > lightest:  # dark ink unless light ink is strong and outweighs it
+        dark_ink, weigh = True, lightest >= floor
+    else:  # light ink unless dark ink is strong and outweighs it
+        dark_ink, weigh = False, darkest >= floor
+    if weigh:
+        ink = np.subtract(crop, paper, dtype=np.float32)  # [h,w], lighter > 0
+        dark_ink = _darker_mass(ink, floor) > _mass_beyond(ink, floor)
+        if dark_ink:
+            np.negative(ink, out=ink)
+    else:  # paper - crop is exactly -(crop - paper)
+        ink = np.subtract(paper, crop, dtype=np.float32) if dark_ink else np.subtract(crop, paper, dtype=np.float32)
 
     peak = max(darkest if dark_ink else lightest, 0.0)
     threshold = max(_NOISE_FRACTION * peak, _NOISE_SIGMAS * noise)
     if peak < _MIN_CONTRAST or peak < 2.0 * threshold:
-        return np.zeros_like(luma)  # nothing stands out from the paper
-    ink[ink < threshold] = 0.0
+        return None  # nothing stands out from the paper
+    ink[ink < threshold] = 0.0  # threshold > 0: the other side goes too
     _drop_isolated_pixels(ink)
     ink *= np.float32(255.0 / peak)
-    return ink
+    return ink, luma.top + top, luma.left + left
+
+
+# Pixels outside the rectangle are at least this much closer than `reach` to the paper: a
+# margin for float32 rounding of the thresholds, so the rectangle never misses a pixel.
+_REACH_MARGIN = 1.0 - 1e-6
+# Images of at most this many pixels are processed whole (an MNIST digit: 784).
+_SMALL_IMAGE = 4096
+
+
+def _paper(luma: _Luma) -> tuple[float, float]:
+    """(tone, robust sigma) of the paper: median and 1.4826 * MAD of the border ring.
+
+    The ring is the top, bottom, left and right strips, corners counted twice; its width
+    is a fraction of the shorter side. Exactly np.median's values: uint8 luminance by
+    histogram (or sorting, for a small ring), float32 by sorting or partition.
+    """
+    values, outside = _ring(luma, max(1, round(min(luma.height, luma.width) * _BORDER_FRACTION)))
+    if values.dtype == np.uint8 and not outside and values.size > _SORT_LIMIT:
+        counts = np.bincount(values, minlength=256)
+        background = _order_median(_LEVELS, counts)
+        deviations = np.abs(_LEVELS - np.float32(background))
+        order = np.argsort(deviations, kind="stable")
+        spread = _order_median(deviations[order], counts[order])
+    else:
+        values = values.astype(np.float32, copy=False)  # _ring's array is ours to reorder
+        fill = np.float32(luma.fill)
+        background = _median(values, fill, outside)
+        paper = np.float32(background)
+        spread = _median(np.abs(values - paper), np.abs(fill - paper), outside)
+    return background, 1.4826 * spread
+
+
+def _ring(luma: _Luma, ring: int) -> tuple[np.ndarray, int]:
+    """The border ring's values held in `inner` (1-D), and how many lie outside it."""
+    inner = luma.inner
+    if luma.whole:
+        strips = (inner[:ring], inner[-ring:], inner[:, :ring], inner[:, -ring:])
+        return np.concatenate([strip.ravel() for strip in strips]), 0
+    height, width = inner.shape
+    if min(luma.top, luma.left, luma.height - luma.top - height, luma.width - luma.left - width) >= ring:
+        return np.empty(0, dtype=inner.dtype), 2 * ring * (luma.height + luma.width)  # the box is clear of it
+    parts: list[np.ndarray] = []
+    outside = 0
+    for r0, r1, c0, c1 in (
+        (0, ring, 0, luma.width),
+        (luma.height - ring, luma.height, 0, luma.width),
+        (0, luma.height, 0, ring),
+        (0, luma.height, luma.width - ring, luma.width),
+    ):  # each strip in image coordinates, clipped to the box
+        rows = slice(max(r0 - luma.top, 0), max(min(r1 - luma.top, height), 0))
+        cols = slice(max(c0 - luma.left, 0), max(min(c1 - luma.left, width), 0))
+        part = inner[rows, cols]
+        parts.append(part.ravel())
+        outside += (r1 - r0) * (c1 - c0) - part.size
+    return np.concatenate(parts), outside
+
+
+# Rings of more values than this are summarised by a histogram (uint8) or partitioned;
+# smaller ones are sorted, which costs less than the calls around a histogram.
+_SORT_LIMIT = 2048
+_LEVELS = np.arange(256, dtype=np.float32)
+_LEVELS.flags.writeable = False
+
+
+def _order_median(levels: np.ndarray, counts: np.ndarray) -> float:
+    """np.median of the multiset with counts[i] copies of float32 levels[i] (ascending)."""
+    cumulative = np.cumsum(counts)
+    size = int(cumulative[-1])
+    half = size // 2
+    upper = levels[np.searchsorted(cumulative, half, side="right")]
+    if size % 2:
+        return float(upper)
+    lower = levels[np.searchsorted(cumulative, half - 1, side="right")]
+    return float(lower + upper) / 2.0  # float32 sum, halved: what np.median's mean gives
+
+
+def _median(values: np.ndarray, extra: np.float32, copies: int) -> float:
+    """np.median of float32 `values` together with `copies` copies of `extra`: the same
+    order statistics without np.median's overhead, and without materialising the copies.
+    Reorders `values` in place."""
+    size = values.size + copies
+    half = size // 2
+    wanted = (half,) if size % 2 else (half - 1, half)
+    if copies and values.size > _SORT_LIMIT:  # rare: a big ring partly outside the box
+        values, copies = np.concatenate([values, np.full(copies, extra, dtype=np.float32)]), 0
+    if copies:
+        values.sort()
+        below = int(values.searchsorted(extra))  # the copies sit at below..below+copies
+        picked = [extra if below <= i < below + copies else values[i if i < below else i - copies] for i in wanted]
+    else:
+        if values.size > _SORT_LIMIT:
+            values.partition(wanted)
+        else:
+            values.sort()
+        picked = [values[i] for i in wanted]
+    if size % 2:
+        return float(picked[0])
+    return float(np.float32(picked[0]) + np.float32(picked[1])) / 2.0  # float32 sum, halved, as np.median
+
+
+def _reach(lightest: float, darkest: float, floor: float, noise: float) -> float | None:
+    """The smallest deviation from the paper that can matter: a strong pixel (beyond `floor`)
+    weighs in the polarity, and ink survives the threshold of its side. None when neither
+    side would stand out from the paper, whichever the polarity."""
+    reach = floor
+    viable = False
+    for peak in (max(lightest, 0.0), max(darkest, 0.0)):
+        threshold = max(_NOISE_FRACTION * peak, _NOISE_SIGMAS * noise)
+        if not (peak < _MIN_CONTRAST or peak < 2.0 * threshold):
+            reach = min(reach, threshold)
+            viable = True
+    return reach if viable else None
+
+
+def _far_u8(inner: np.ndarray, background: float, reach: float) -> np.ndarray | None:
+    """uint8 pixels at least about `reach` from the paper (a rounding margin wide), or None."""
+    high = math.ceil(background + reach - 0.01)
+    low = math.floor(background - reach + 0.01)
+    lighter = inner >= high if high <= 255 else None
+    darker = inner <= low if low >= 0 else None
+    if lighter is None or darker is None:
+        return darker if lighter is None else lighter
+    return np.bitwise_or(lighter, darker, out=lighter)
+
+
+def _bounds(mask: np.ndarray | None) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) of the True pixels of a [h,w] mask, or None."""
+    if mask is None:
+        return None
+    (rows,) = mask.any(axis=1).nonzero()
+    if not rows.size:
+        return None
+    (cols,) = mask.any(axis=0).nonzero()
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 def _mass_beyond(values: np.ndarray, floor: float) -> float:
@@ -370,19 +654,25 @@ def _mass_beyond(values: np.ndarray, floor: float) -> float:
     return float(strong.sum()) - floor * strong.size
 
 
+def _darker_mass(values: np.ndarray, floor: float) -> float:
+    """_mass_beyond(-values, floor) without negating the array: negation is exact, so the
+    same pixels are picked and their (pairwise) sum is the same up to its sign."""
+    strong = values[values < -floor]
+    return -float(strong.sum()) - floor * strong.size
+
+
 def _drop_isolated_pixels(ink: np.ndarray) -> None:
     """Zero ink pixels with no ink among their 8 neighbours: noise specks, never strokes."""
     height, width = ink.shape
-    stride = width + 2
-    padded = np.zeros((height + 2, stride), dtype=bool)  # a 1-px frame: every neighbour exists
-    padded[1:-1, 1:-1] = ink > 0.0
-    flat = padded.ravel()
-    centres = np.flatnonzero(flat)  # ink is sparse: look at its pixels only (flat indices)
-    neighbours = np.zeros(centres.size, dtype=np.uint8)
-    for offset in (-stride - 1, -stride, -stride + 1, -1, 1, stride - 1, stride, stride + 1):
-        neighbours += flat[centres + offset]
-    isolated = centres[neighbours == 0]
-    ink[isolated // stride - 1, isolated % stride - 1] = 0.0
+    inked = np.zeros((height + 2, width + 2), dtype=np.uint8)  # a 1-px frame: every neighbour exists
+    np.greater(ink, 0.0, out=inked[1:-1, 1:-1], casting="unsafe")  # 1 where ink
+    rows = inked[:-2] + inked[1:-1]
+    rows += inked[2:]  # [h,w+2]: ink in the pixel's column of 3
+    block = rows[:, :-2] + rows[:, 1:-1]
+    block += rows[:, 2:]  # [h,w]: ink in the 3x3 block
+    isolated = block == 1  # the pixel alone, or one neighbour of an empty pixel
+    isolated &= inked[1:-1, 1:-1].view(bool)
+    ink[isolated] = 0.0
 
 
 # --- [H,W] ink -> [28,28] MNIST-style ----------------------------------------------------
@@ -401,15 +691,12 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
         raise ValueError(f"to_mnist expects a 2-D [H,W] array, got shape {ink.shape}")
     peak = float(ink.max(initial=0.0))
     if not peak > 0.0:  # also catches NaN
-        raise EmptyImageError(
-            "the image contains no ink (it is blank): draw a digit, or send a picture of a dark "
-            "digit on a light background or a light digit on a dark one"
-        )
+        raise _no_ink()
 
     inked = ink > peak * _BBOX_FRACTION
-    rows = np.flatnonzero(inked.any(axis=1))
-    cols = np.flatnonzero(inked.any(axis=0))
-    box = np.clip(ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], 0.0, None)  # [h,w]
+    (rows,) = inked.any(axis=1).nonzero()
+    (cols,) = inked.any(axis=0).nonzero()
+    box = np.maximum(ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], 0.0)  # [h,w], clipped at 0
     height, width = box.shape
     scale = _BOX_SIZE / max(height, width)
     new_size = (max(1, round(width * scale)), max(1, round(height * scale)))  # Pillow: (w, h)
@@ -417,8 +704,8 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
         # Pillow's LANCZOS widens its kernel with the reduction factor, so shrinking averages
         # the whole area (a 1-px line keeps its mass, re-stretched below) while keeping edges
         # sharper than BOX; on growing it interpolates smoothly. "F" mode keeps grey levels.
-        box = np.asarray(Image.fromarray(box).resize(new_size, Image.Resampling.LANCZOS))
-        box = np.clip(box, 0.0, None)  # LANCZOS overshoots below 0 next to strokes
+        resized = Image.fromarray(box).resize(new_size, Image.Resampling.LANCZOS)
+        box = np.maximum(np.asarray(resized), 0.0)  # LANCZOS overshoots below 0 next to strokes
     box = box * np.float32(255.0 / float(box.max()))  # [h',w'], ink max 255 as in MNIST
 
     height, width = box.shape
@@ -432,9 +719,16 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     return np.clip(digit, 0.0, 255.0)
 
 
+def _no_ink() -> EmptyImageError:
+    return EmptyImageError(
+        "the image contains no ink (it is blank): draw a digit, or send a picture of a dark "
+        "digit on a light background or a light digit on a dark one"
+    )
+
+
 def _place(com: float, extent: int) -> int:
     """Offset putting a box's centre of mass `com` (box coordinates) nearest to _CENTRE."""
-    offset = int(np.floor(_CENTRE - com + 0.5))  # round half up, as a whole-pixel shift
+    offset = math.floor(_CENTRE - com + 0.5)  # round half up, as a whole-pixel shift
     return min(max(offset, 0), _MNIST_SIDE - extent)
 
 
@@ -451,11 +745,14 @@ def preprocess_image_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     factor = _shrink_factor(image.size)
     if factor > 1:  # a no-op but for JPEG; "L" decodes only the luminance
         image.draft("L" if image.mode == "RGB" else None, (image.width // factor, image.height // factor))
-    luma = _luminance(_load(image, max_pixels))  # [H,W]
-    factor = _shrink_factor(luma.shape)
+    luma = _luma_of(_load(image, max_pixels))
+    factor = _shrink_factor((luma.height, luma.width))
     if factor > 1:
-        luma = np.asarray(Image.fromarray(luma).reduce(factor))  # [H/f,W/f], area means
-    return to_mnist(_ink_from_luma(luma))
+        luma = _whole(np.asarray(Image.fromarray(_expand(luma)).reduce(factor)))  # [H/f,W/f], area means
+    found = _find_ink(luma)
+    if found is None:
+        raise _no_ink()
+    return to_mnist(found[0])  # the ink's rectangle: outside it the image is 0
 
 
 def _shrink_factor(size: tuple[int, ...]) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, PngImagePlugin
 
 from service.preprocess import (
     DEFAULT_MAX_PIXELS,
@@ -283,11 +283,15 @@ VARIANTS: dict[str, Callable[[np.ndarray], bytes]] = {
 
 
 @pytest.fixture(scope="module")
-def redrawn(digits: np.ndarray) -> dict[str, np.ndarray]:
+def encoded(digits: np.ndarray) -> dict[str, list[bytes]]:
+    """Variant name -> the N digits redrawn that way, as image files."""
+    return {name: [make(d) for d in digits] for name, make in VARIANTS.items()}
+
+
+@pytest.fixture(scope="module")
+def redrawn(encoded: dict[str, list[bytes]]) -> dict[str, np.ndarray]:
     """Variant name -> [N,28,28] preprocess_image_bytes outputs (shared with the model test)."""
-    return {
-        name: np.stack([preprocess_image_bytes(make(d)) for d in digits]) for name, make in VARIANTS.items()
-    }
+    return {name: np.stack([preprocess_image_bytes(data) for data in files]) for name, files in encoded.items()}
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -342,6 +346,31 @@ def test_thin_diagonal_stroke_on_large_canvas_survives() -> None:
     output = preprocess_image_bytes(_encode(canvas, "PNG"))
     _assert_mnist_like(output)
     assert (output > 127).sum() >= 20  # a 1-px diagonal of 1000 px still reaches 255 along its length
+
+
+_XMP_ROTATE_90 = (
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+)
+
+
+@pytest.mark.parametrize("where", ["png exif chunk", "png xmp", "webp exif"])
+def test_orientation_outside_jpeg_is_applied(digits: np.ndarray, where: str) -> None:
+    """EXIF is parsed only when a file carries metadata: wherever it does, it is honoured."""
+    upright = Image.fromarray(255 - _upscale(digits[7], 6))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    if where == "png exif chunk":
+        data = _encode(stored, "PNG", exif=exif.tobytes())
+    elif where == "png xmp":
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", _XMP_ROTATE_90)
+        data = _encode(stored, "PNG", pnginfo=info)
+    else:
+        data = _encode(stored, "WEBP", exif=exif.tobytes(), lossless=True)
+    expected = preprocess_image_bytes(_encode(upright, "PNG"))
+    np.testing.assert_array_equal(preprocess_image_bytes(data), expected)
 
 
 def test_digit_small_in_corner_equals_centred(digits: np.ndarray) -> None:
@@ -417,6 +446,7 @@ def test_to_grayscale_every_mode_gives_white_ink_on_black(mode: str) -> None:
     assert gray[bar].min() > 200  # ink high
     assert gray[~bar].max() == 0.0  # background exactly 0
     assert gray.max() == pytest.approx(255.0)
+    np.testing.assert_array_equal(gray, _whole_image_gray(image))
 
 
 def test_to_grayscale_light_ink_on_dark_paper_is_not_inverted() -> None:
@@ -426,6 +456,309 @@ def test_to_grayscale_light_ink_on_dark_paper_is_not_inverted() -> None:
 
 def test_to_grayscale_fully_transparent_is_blank() -> None:
     assert not to_grayscale(Image.new("RGBA", (50, 50), (0, 0, 0, 0))).any()
+
+
+# --- the fast path gives the pixels of the whole-image algorithm ---------------------------
+#
+# preprocess.py reads the paper's tone from histograms, converts only the box around a
+# canvas's strokes and works on the rectangle that can hold ink. _whole_image_gray is the
+# algorithm as first written, every step on the whole image with np.median and
+# np.percentile: the fast path must give exactly its pixels.
+
+
+def _whole_image_gray(image: Image.Image) -> np.ndarray:
+    """to_grayscale the straightforward way: float32 [H,W], ink 0..255, background 0."""
+    return _whole_image_ink(_whole_image_luma(image))
+
+
+def _whole_image_luma(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        values = np.asarray(image).astype(np.float32)
+        if image.mode == "F":
+            np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            peak = float(values.max(initial=0.0))
+            scale = 255.0 if peak <= 1.0 else (1.0 if peak <= 255.0 else 255.0 / peak)
+            return np.clip(values, 0.0, None) * np.float32(scale)
+        if image.mode == "I" and float(values.max(initial=0.0)) <= 255.0:
+            return np.clip(values, 0.0, 255.0)
+        return np.clip(values, 0.0, 65535.0) * np.float32(255.0 / 65535.0)
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        return _whole_image_composite(image)
+    if image.mode == "LAB":
+        return np.asarray(image.getchannel("L"), dtype=np.float32)
+    try:
+        gray = image.convert("L")
+    except ValueError:
+        gray = image.convert("RGBA").convert("L")
+    return np.asarray(gray, dtype=np.float32)
+
+
+def _lower_median(values: np.ndarray) -> float:
+    cumulative = np.cumsum(np.bincount(values.ravel(), minlength=256))
+    return float(np.searchsorted(cumulative, (cumulative[-1] + 1) // 2))
+
+
+def _whole_image_composite(image: Image.Image) -> np.ndarray:
+    if image.mode not in ("RGBA", "LA"):
+        image = image.convert("RGBA")
+    luma = np.asarray(image.convert("L"))
+    alpha = np.asarray(image.getchannel("A"))
+    coverage = float(alpha.mean()) / 255.0
+    if coverage >= 1.0:
+        return luma.astype(np.float32)
+    if coverage <= 0.0:
+        return np.zeros(luma.shape, dtype=np.float32)
+    opaque = alpha >= 128
+    if coverage >= 0.5:
+        background = _lower_median(luma[opaque])
+    else:
+        strokes = luma[opaque] if opaque.any() else luma[alpha > 0]
+        hidden = luma[alpha == 0]
+        under = _lower_median(hidden) if hidden.size else None
+        if under is not None and np.percentile(np.abs(strokes - np.float32(under)), 90) >= 64.0:
+            background = under
+        else:
+            background = 255.0 if float(strokes.mean()) < 127.5 else 0.0
+    weight = alpha.astype(np.float32) * np.float32(1 / 255)
+    return np.float32(background) + weight * (luma - np.float32(background))
+
+
+def _whole_image_ink(luma: np.ndarray) -> np.ndarray:
+    height, width = luma.shape
+    ring = max(1, round(min(height, width) / 32))
+    strips = (luma[:ring], luma[-ring:], luma[:, :ring], luma[:, -ring:])
+    border = np.concatenate([strip.ravel() for strip in strips])
+    background = float(np.median(border))
+    noise = 1.4826 * float(np.median(np.abs(border - background)))
+    ink = luma - np.float32(background)
+    lightest, darkest = float(ink.max()), -float(ink.min())
+    floor = 0.25 * max(lightest, darkest)
+
+    def mass(values: np.ndarray) -> float:
+        strong = values[values > floor]
+        return float(strong.sum()) - floor * strong.size
+
+    if darkest > lightest:
+        dark_ink = lightest < floor or mass(-ink) > mass(ink)
+    else:
+        dark_ink = darkest >= floor and mass(-ink) > mass(ink)
+    if dark_ink:
+        np.negative(ink, out=ink)
+    np.maximum(ink, 0.0, out=ink)
+    peak = max(darkest if dark_ink else lightest, 0.0)
+    threshold = max(0.1 * peak, 5.0 * noise)
+    if peak < 16.0 or peak < 2.0 * threshold:
+        return np.zeros_like(luma)
+    ink[ink < threshold] = 0.0
+    inked = np.pad(ink > 0.0, 1)
+    neighbours = sum(
+        np.roll(inked, (dy, dx), axis=(0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)
+    )[1:-1, 1:-1]
+    ink[neighbours == 0] = 0.0  # specks: ink with no ink around it
+    ink *= np.float32(255.0 / peak)
+    return ink
+
+
+def _assert_same_as_whole_image(data: bytes) -> None:
+    expected = _whole_image_gray(decode_image(data))
+    gray = to_grayscale(decode_image(data))
+    assert gray.dtype == np.float32
+    np.testing.assert_array_equal(gray, expected)
+    if expected.any():
+        np.testing.assert_array_equal(preprocess_image_bytes(data), to_mnist(expected))
+    else:
+        with pytest.raises(EmptyImageError):
+            preprocess_image_bytes(data)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_fast_path_gives_the_whole_image_pixels(variant: str, encoded: dict[str, list[bytes]]) -> None:
+    for data in encoded[variant][:10]:
+        _assert_same_as_whole_image(data)
+
+
+def _rgba(pixels: np.ndarray) -> bytes:
+    return _encode(Image.fromarray(pixels), "PNG")
+
+
+def _stroked_frame() -> bytes:
+    """Opaque black strokes around three edges of a transparent canvas: the ring is mostly
+    strokes, so the untouched pixels outside the strokes' box are the (light) ink."""
+    rgba = np.zeros((100, 100, 4), dtype=np.uint8)
+    rgba[:3, :95, 3] = rgba[-3:, :95, 3] = rgba[:, :3, 3] = 255
+    rgba[40:60, 40:45, 3] = 255
+    return _rgba(rgba)
+
+
+def _strokes_through_the_ring(digit: np.ndarray) -> bytes:
+    """A canvas drawn to its edges: the border ring crosses the strokes."""
+    alpha = _upscale(digit, 10)[40:240, 30:250]
+    rgba = np.zeros((*alpha.shape, 4), dtype=np.uint8)
+    rgba[..., 3] = alpha
+    return _rgba(rgba)
+
+
+def _stroke_tone_near_the_contrast_limit() -> bytes:
+    """Strokes whose 90th-percentile contrast against the hidden colour falls between two
+    grey levels around the limit, so np.percentile's interpolation decides it."""
+    rgba = np.zeros((40, 40, 4), dtype=np.uint8)
+    rgba[10:30, 18:21] = (63, 63, 63, 255)
+    rgba[10:13, 21] = (65, 65, 65, 255)
+    rgba[13:30, 21] = (63, 63, 63, 255)
+    return _rgba(rgba)
+
+
+def _colour_keyed_canvas(left: int, black_block: bool) -> bytes:
+    """Strokes of two greys; the transparent pixels around them white inside a box,
+    transparent black beyond it, with or without a transparent black block inside: the
+    colour under the transparent pixels (their median) decides the paper."""
+    rgba = np.zeros((100, 100, 4), dtype=np.uint8)
+    rgba[5:95, left:95, :3] = 255
+    if black_block:
+        rgba[10:60, 10:80] = 0
+    rgba[70:80, 40:50] = (100, 100, 100, 255)
+    rgba[80:90, 40:50] = (160, 160, 160, 255)
+    return _rgba(rgba)
+
+
+def _ring_partly_stroked() -> bytes:
+    """Black strokes over the left of the border ring, the right of the canvas untouched
+    transparent black: the ring's median is the paper (white), though a minority of it."""
+    rgba = np.zeros((100, 100, 4), dtype=np.uint8)
+    rgba[:, :3, 3] = 255
+    rgba[:3, :40, 3] = rgba[-3:, :40, 3] = 255
+    rgba[30:70, 30:36, 3] = 255
+    rgba[3:-3, 3:70, :3] = 255  # transparent white up to column 70, the box's right edge
+    return _rgba(rgba)
+
+
+def _grainy_edges(digit: np.ndarray) -> bytes:
+    """Paper grainier at its very edge than inside, so the width of the border ring sets
+    the noise level, and the noise (not the ink's contrast) sets the threshold."""
+    rng = np.random.default_rng(5)
+    paper = 128 + rng.normal(0.0, 2.0, (64, 64))
+    paper[:2] += rng.normal(0.0, 10.0, (2, 64))
+    paper[-2:] += rng.normal(0.0, 10.0, (2, 64))
+    paper[:, :2] += rng.normal(0.0, 10.0, (64, 2))
+    paper[:, -2:] += rng.normal(0.0, 10.0, (64, 2))
+    paper[4:60, 4:60] -= 120 * _upscale(digit, 2).astype(np.float64) / 255
+    return _encode(Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8)), "PNG")
+
+
+def _two_tone_paper(side: int) -> bytes:
+    """Paper of two close tones split at the middle: the ring's median falls between them."""
+    gray = np.full((side, side), 120, dtype=np.uint8)
+    gray[side // 2 :] = 124
+    gray[side // 4 : 3 * side // 4, side // 2 - side // 10 : side // 2 + side // 10] = 10
+    return _encode(Image.fromarray(gray), "PNG")
+
+
+def _faint_dark_blotch_beside_a_bright_dot() -> bytes:
+    """More dark mass than light, but the dark side is too faint to be ink: blank."""
+    gray = np.full((120, 120), 100, dtype=np.uint8)
+    gray[40:80, 40:80] = 88
+    gray[60:62, 60:62] = 140
+    return _encode(Image.fromarray(gray), "PNG")
+
+
+def _dark_digit_beside_brighter_glare(digit: np.ndarray) -> bytes:
+    """Grey paper with a dark digit and a smaller but brighter glare: the masses decide."""
+    paper = np.full((240, 320), 128.0)
+    paper[30:198, 40:208] -= 88 * _upscale(digit, 6).astype(np.float64) / 255
+    paper[100:120, 260:280] = 240
+    noise = np.random.default_rng(3).normal(0.0, 2.0, paper.shape)
+    return _encode(Image.fromarray(np.clip(paper + noise, 0, 255).astype(np.uint8)), "PNG")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda d: _stroked_frame(),
+        _strokes_through_the_ring,
+        lambda d: _stroke_tone_near_the_contrast_limit(),
+        lambda d: _colour_keyed_canvas(5, black_block=False),
+        lambda d: _colour_keyed_canvas(25, black_block=False),
+        lambda d: _colour_keyed_canvas(5, black_block=True),
+        lambda d: _ring_partly_stroked(),
+        _grainy_edges,
+        lambda d: _two_tone_paper(40),
+        lambda d: _two_tone_paper(300),
+        lambda d: _faint_dark_blotch_beside_a_bright_dot(),
+        _dark_digit_beside_brighter_glare,
+        lambda d: _encode(Image.fromarray(d[10:13, 8:13]), "PNG"),
+        lambda d: _encode(Image.fromarray(np.pad(255 - d, 300, constant_values=255)), "JPEG", quality=60),
+    ],
+    ids=[
+        "stroked frame on a transparent canvas",
+        "strokes through the border ring",
+        "stroke contrast at the limit",
+        "colour-keyed canvas",
+        "colour-keyed canvas in a smaller box",
+        "colour-keyed canvas with a transparent black block",
+        "border ring partly stroked",
+        "paper grainy at the edges",
+        "two-tone paper, small",
+        "two-tone paper, large",
+        "faint dark blotch beside a bright dot",
+        "dark digit beside brighter glare",
+        "tiny 3x5 crop",
+        "digit in the middle of a large jpeg",
+    ],
+)
+def test_fast_path_gives_the_whole_image_pixels_at_the_edges(
+    make: Callable[[np.ndarray], bytes], digits: np.ndarray
+) -> None:
+    _assert_same_as_whole_image(make(digits[4]))
+
+
+def _fingerprint(outputs: np.ndarray) -> np.ndarray:
+    """[N,28,28] -> (ink mass, row moment, column moment, a fixed +-1 projection)."""
+    values = outputs.astype(np.float64)
+    centred = np.arange(_SIDE) - 13.5
+    index = np.arange(values.size)
+    signs = np.where((index * 2654435761) % 4093 < 2047, 1.0, -1.0)
+    return np.array(
+        [values.sum(), values.sum(axis=(0, 2)) @ centred, values.sum(axis=(0, 1)) @ centred, values.ravel() @ signs]
+    )
+
+
+_SIDE = 28
+# _fingerprint of the N_DIGITS outputs of each variant as preprocess_image_bytes gave them
+# before the fast path (whole-image statistics): the outputs must not have moved since.
+STORED_FINGERPRINTS: dict[str, tuple[float, float, float, float]] = {
+    "png 10x centred on 300x300": (1016695.0, 547846.8, 593184.9, -3562.7),
+    "png 5x in the top-left corner of 640x480": (1011328.6, 518212.8, 574405.0, -973.5),
+    "png 3x in the bottom-right corner": (1024021.0, 517453.7, 535591.8, -2635.1),
+    "png 2x small in a corner of 800x600": (991245.0, 530646.0, 550423.6, -2232.9),
+    "png inverted (black ink on white)": (1041354.5, 519562.4, 590247.1, -1900.9),
+    "rgba canvas, black strokes on transparent": (1016695.0, 547846.8, 593184.9, -3562.7),
+    "rgba canvas, white strokes on transparent": (1016695.0, 547846.8, 593184.9, -3562.7),
+    "rgba canvas, blue strokes on transparent": (1016695.0, 547846.8, 593184.9, -3562.7),
+    "rgba canvas filled white, black strokes": (1016204.0, 523180.7, 565558.5, -1972.0),
+    "rgba screenshot with transparent margin": (1016204.0, 523180.7, 565558.5, -1972.0),
+    "gif palette, black on white": (1024129.8, 513437.6, 582400.7, -3133.9),
+    "gif animated (first frame)": (1023574.8, 537648.7, 586050.9, -2965.6),
+    "gif transparent canvas, black strokes": (1051327.2, 552125.2, 595417.2, -3822.0),
+    "png palette with transparency": (1023574.8, 537648.7, 586050.9, -2965.6),
+    "png 16-bit": (1011328.6, 518212.8, 574405.0, -973.5),
+    "png 1-bit": (1144680.0, 582111.6, 672805.0, -639.0),
+    "jpeg cmyk": (1023822.7, 535580.9, 581872.3, -3009.1),
+    "bmp rgb": (1023574.8, 537648.7, 586050.9, -2965.6),
+    "webp lossy": (1024164.3, 546524.6, 542467.7, -2498.7),
+    "jpeg q75 off-centre": (1022181.5, 495072.7, 578146.4, -2360.4),
+    "jpeg grey paper with noise": (1019160.8, 540021.6, 558092.5, -2424.1),
+    "jpeg with exif rotation": (1023806.4, 535615.9, 584388.8, -2898.6),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_redrawn_digits_give_the_stored_outputs(variant: str, redrawn: dict[str, np.ndarray]) -> None:
+    outputs = redrawn[variant]
+    assert outputs.shape == (N_DIGITS, _SIDE, _SIDE)
+    # One digit of the 50 shifted by a pixel moves a moment by about 1.4x the outputs' norm;
+    # float rounding and decoder builds move the fingerprint by well under a tenth of it.
+    tolerance = 0.1 * float(np.linalg.norm(outputs))
+    np.testing.assert_allclose(_fingerprint(outputs), STORED_FINGERPRINTS[variant], rtol=0, atol=tolerance)
 
 
 # --- decode errors -------------------------------------------------------------------------

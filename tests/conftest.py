@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +52,19 @@ def client(models_dir: Path) -> Iterator[object]:
     app = create_app(Settings(models_dir=models_dir))
     with TestClient(app) as test_client:
         yield test_client
+
+
+Score = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def score(capsys: pytest.CaptureFixture[str], models_dir: Path) -> Score:
+    """Run `digits score ARGV` in this process with the shipped models: (exit status, stdout, stderr)."""
+    import cli
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = cli.main(["score", "--quiet", "--models-dir", str(models_dir), *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

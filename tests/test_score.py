@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,26 +28,13 @@ import cli
 from clients import sources
 from clients.pipeline import Prefetcher, ordered_map
 from clients.sources import ReadOptions, iter_batches, plan_inputs
-from tests.conftest import REPO, SAMPLE_DIR
+from tests.conftest import REPO, SAMPLE_DIR, Score
 from training.datasets import write_idx, write_kaggle_csv, write_kaggle_submission
 
 IDX_IMAGES = SAMPLE_DIR / "t10k-images-idx3-ubyte.gz"
 IDX_LABELS = SAMPLE_DIR / "t10k-labels-idx1-ubyte.gz"
 
 
-Score = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def score(capsys: pytest.CaptureFixture[str], models_dir: Path) -> Score:
-    """Run `digits score ARGV` in this process with the shipped models: (exit status, stdout, stderr)."""
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = cli.main(["score", "--quiet", "--models-dir", str(models_dir), *argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def service_digits(client, images: np.ndarray) -> list[int]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,17 +18,15 @@ from PIL import Image
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-import cli
 from clients.remote import RetryPolicy, parse_retry_after
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import SAMPLE_DIR
+from tests.conftest import SAMPLE_DIR, Score
 from training.datasets import write_kaggle_csv
 
 IDX_IMAGES = SAMPLE_DIR / "t10k-images-idx3-ubyte.gz"
 IDX_LABELS = SAMPLE_DIR / "t10k-labels-idx1-ubyte.gz"
 
-Score = Callable[..., tuple[int, str, str]]
 
 
 @contextmanager
@@ -57,16 +55,6 @@ def service_url(models_dir: Path) -> Iterator[str]:
     """The real service with the shipped models."""
     with serving(create_app(Settings(models_dir=models_dir))) as url:
         yield url
-
-
-@pytest.fixture
-def score(capsys: pytest.CaptureFixture[str], models_dir: Path) -> Score:
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = cli.main(["score", "--quiet", "--models-dir", str(models_dir), *argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 @pytest.fixture

@@ -26,14 +26,10 @@ from typing import Any
 
 import httpx
 
+from tests import live_server
+
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def load_script(path: Path) -> ModuleType:
@@ -97,17 +93,11 @@ class Replica:
             )
 
     def wait_ready(self, deadline: float) -> None:
-        url = f"http://{self.address}/readyz"
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"replica {self.address} exited with {self.process.returncode}:\n"
-                                     f"{_tail(self.log_path)}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url, timeout=1.0).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise AssertionError(f"replica {self.address} not ready in time:\n{_tail(self.log_path)}")
+        assert self.process is not None
+        try:
+            live_server.wait_ready(self.port, self.process, timeout_s=max(0.0, deadline - time.monotonic()))
+        except AssertionError as exc:
+            raise AssertionError(f"replica {self.address}: {exc}\n{_tail(self.log_path)}") from None
 
     def send(self, sig: int) -> None:
         assert self.process is not None and self.process.poll() is None, f"replica {self.address} is not running"

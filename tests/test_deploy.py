@@ -33,12 +33,12 @@ from tests.deploy_helpers import (
     REPO,
     Balancer,
     Replica,
-    free_port,
     last_upstream,
     load_script,
     nginx_binary,
     run_load,
 )
+from tests.live_server import free_port
 
 render = load_script(DEPLOY / "nginx" / "render.py")
 healthcheck = load_script(DEPLOY / "healthcheck.py")

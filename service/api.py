@@ -18,6 +18,7 @@ from service import preprocess
 from service.deps import json_response, registry_of, settings_of
 from service.errors import ApiError
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from service.routing import LeanRoute
 from service.schemas import (
     ErrorResponse,
     HealthResponse,
@@ -29,7 +30,7 @@ from service.schemas import (
 )
 from service.settings import Settings
 
-router = APIRouter()
+router = APIRouter(route_class=LeanRoute)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": why}
@@ -214,7 +215,7 @@ async def models(request: Request) -> Response:
 
 
 @router.get("/healthz", response_model=HealthResponse, tags=["health"], summary="Liveness: the process answers")
-async def healthz() -> Response:
+async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 

@@ -25,6 +25,7 @@ holds one and compares), so the shortcuts change speed, never answers.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import re
 import struct
@@ -771,9 +772,12 @@ def pixels_to_batch(pixels: object) -> np.ndarray:
     shape and the range are checked. Anything NumPy reads as a number is one (as JSON
     decoding and pydantic's lax mode would have it); null reads as NaN and is refused.
     """
+    exact = _whole_bytes(pixels)
+    if exact is not None:
+        return exact
     try:
-        # The fast path for the common case, one 28x28 list of ints: a single C-level
-        # conversion, then vectorised checks. Overflow becomes inf and is refused below.
+        # Any other numbers (floats, or an array NumPy reads otherwise): one C-level conversion,
+        # then vectorised checks. Overflow becomes inf and is refused below.
         with np.errstate(over="ignore", invalid="ignore"):
             array = np.asarray(pixels, dtype=np.float32)
     except (ValueError, TypeError, OverflowError) as exc:
@@ -794,6 +798,33 @@ def pixels_to_batch(pixels: object) -> np.ndarray:
     if not (images.min() >= 0.0 and images.max() <= 255.0):
         _raise_bad_value(images, pixels, single=array.ndim == 2)
     return np.ascontiguousarray(images[:, None])  # [N,1,28,28]; no copy for a list
+
+
+def _whole_bytes(pixels: object) -> np.ndarray | None:
+    """The common case, fast: 28x28 lists of integers 0..255 (one image, or a list of images) ->
+    float32 [N,1,28,28]; None for anything else, which the general path converts or refuses.
+
+    ``bytearray`` converts the integers in C and refuses (TypeError/ValueError) any value that is
+    not an integer in 0..255, so it checks the range too; the shape is checked first, since it
+    flattens whatever it is given. About 4x faster than ``np.asarray`` plus the range checks.
+    """
+    if type(pixels) is not list or not pixels:
+        return None
+    first = pixels[0]
+    images = pixels if type(first) is list and first and type(first[0]) is list else (pixels,)
+    rows: list[list[object]] = []
+    for image in images:
+        if type(image) is not list or len(image) != _MNIST_SIDE:
+            return None
+        for row in image:
+            if type(row) is not list or len(row) != _MNIST_SIDE:
+                return None
+        rows += image
+    try:
+        flat = bytearray(itertools.chain.from_iterable(rows))
+    except (TypeError, ValueError):
+        return None
+    return np.frombuffer(flat, np.uint8).reshape(len(images), 1, _MNIST_SIDE, _MNIST_SIDE).astype(np.float32)
 
 
 def _raise_bad_value(images: np.ndarray, pixels: object, *, single: bool) -> None:

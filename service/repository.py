@@ -9,9 +9,10 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.deps import json_response, registry_of
+from service.routing import LeanRoute
 from service.schemas import ErrorResponse
 
-router = APIRouter(prefix="/v2/repository", tags=["model repository"])
+router = APIRouter(prefix="/v2/repository", tags=["model repository"], route_class=LeanRoute)
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404)}
 
 
@@ -34,12 +35,12 @@ async def index(request: Request) -> Response:
 
 @router.post("/models/{name}/load", summary="Load or reload a model from disk (verified, warmed, then swapped in)",
              responses=_ERRORS)
-async def load(name: str, request: Request) -> Response:
+async def load(request: Request, name: str) -> Response:
     model = await registry_of(request).load(name)
     return json_response({"name": model.name, "version": model.version, "sha256": model.sha256, "state": "READY"})
 
 
 @router.post("/models/{name}/unload", summary="Stop serving a model (queued requests finish)", responses=_ERRORS)
-async def unload(name: str, request: Request) -> Response:
+async def unload(request: Request, name: str) -> Response:
     await registry_of(request).unload(name)
     return json_response({"name": name, "state": "UNAVAILABLE"})

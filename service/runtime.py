@@ -23,12 +23,13 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "pixels"
 OUTPUT_NAMES = ("logits", "probabilities")
 # ONNX Runtime's own error types share no base class but Exception; these are the ones a bad file raises.
-_ORT_ERRORS: tuple[type[Exception], ...] = tuple(
-    getattr(ort.capi.onnxruntime_pybind11_state, name)
-    for name in ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
-                 "InvalidProtobuf", "NotImplemented", "InvalidGraph", "EPFail")
-    if hasattr(ort.capi.onnxruntime_pybind11_state, name)
-) + (RuntimeError,)
+_ORT_ERRORS: tuple[type[Exception], ...] = (
+    *(getattr(ort.capi.onnxruntime_pybind11_state, name)
+      for name in ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
+                   "InvalidProtobuf", "NotImplemented", "InvalidGraph", "EPFail")
+      if hasattr(ort.capi.onnxruntime_pybind11_state, name)),
+    RuntimeError,
+)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 

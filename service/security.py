@@ -1,4 +1,4 @@
-"""Access control and browser security headers, as one pure ASGI middleware.
+"""Access control and browser security headers: the policy (applied by :mod:`service.middleware`).
 
 * With ``DIGITS_API_KEY`` set, prediction and model management need the key, as
   ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (compared in constant time).
@@ -13,8 +13,7 @@ from __future__ import annotations
 import hmac
 import re
 
-import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 PROTECTED = re.compile(r"^/(predict|v2/models/[^/]+(/versions/[^/]+)?/infer|v2/repository/.*)$")
 PAGE = re.compile(r"^/($|web/)")
@@ -32,6 +31,8 @@ PAGE_HEADERS = [
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
 NOSNIFF = (b"x-content-type-options", b"nosniff")
+API_RESPONSE_HEADERS = [NOSNIFF]
+PAGE_RESPONSE_HEADERS = [NOSNIFF, *PAGE_HEADERS]
 
 
 def _presented_keys(scope: Scope) -> list[bytes]:
@@ -46,7 +47,7 @@ def _presented_keys(scope: Scope) -> list[bytes]:
     return keys
 
 
-def _route_path(scope: Scope) -> str:
+def route_path(scope: Scope) -> str:
     """The path the router matches. ``scope["path"]`` includes the root path the app is mounted under
     (``uvicorn --root-path /api``, a proxy prefix); matching it would let ``/api/predict`` skip the key."""
     path: str = scope["path"]
@@ -56,33 +57,20 @@ def _route_path(scope: Scope) -> str:
     return path
 
 
-class SecurityMiddleware:
-    def __init__(self, app: ASGIApp, *, api_key: str | None) -> None:
-        self.app = app
-        self.api_key = api_key.encode() if api_key else None
+def key_error(scope: Scope, api_key: bytes | None, path: str) -> str | None:
+    """Why this request may not proceed (a 401 message), or None when it may: no key configured, a path
+    that needs none, or every key the request presents is right (so the answer cannot depend on which
+    header comes first)."""
+    if api_key is None or not PROTECTED.match(path):
+        return None
+    presented = _presented_keys(scope)
+    if not presented:
+        return "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+    if not all([hmac.compare_digest(k, api_key) for k in presented]):
+        return "invalid API key"
+    return None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = _route_path(scope)
-        if self.api_key is not None and PROTECTED.match(path):
-            presented = _presented_keys(scope)
-            # Every key presented must be right, so the answer cannot depend on which header comes first.
-            if not presented or not all([hmac.compare_digest(k, self.api_key) for k in presented]):
-                message = ("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-                           if not presented else "invalid API key")
-                body = orjson.dumps({"detail": message, "error": message})
-                await send({"type": "http.response.start", "status": 401, "headers": [
-                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b'Bearer realm="digits"'), NOSNIFF]})
-                await send({"type": "http.response.body", "body": body})
-                return
-        extra = [NOSNIFF, *PAGE_HEADERS] if PAGE.match(path) else [NOSNIFF]
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+def response_headers(path: str) -> list[tuple[bytes, bytes]]:
+    """The security headers every answer to ``path`` carries."""
+    return PAGE_RESPONSE_HEADERS if PAGE.match(path) else API_RESPONSE_HEADERS

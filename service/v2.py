@@ -36,11 +36,12 @@ from starlette.routing import Match
 from service.deps import json_response, registry_of, settings_of
 from service.errors import ApiError
 from service.registry import Served
+from service.routing import LeanRoute
 from service.runtime import INPUT_NAME, OUTPUT_NAMES
 from service.schemas import ErrorResponse
 from service.settings import Settings
 
-router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
+router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], route_class=LeanRoute)
 
 SERVER_NAME = "digits"
 EXTENSIONS = ("binary_tensor_data",)
@@ -489,7 +490,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
 
 
 @router.get("/health/live", response_model=Live, summary="Liveness: the process answers")
-async def live() -> Response:
+async def live(request: Request) -> Response:
     return json_response({"live": True})
 
 

@@ -924,6 +924,17 @@ def test_pixels_accepts_arrays_and_floats(digits: np.ndarray) -> None:
     assert pixels_to_batch((digits[0] / 1.0).tolist()).shape == (1, 1, 28, 28)
 
 
+def test_integer_and_float_pixels_read_the_same(digits: np.ndarray) -> None:
+    # Whole numbers 0..255 take a faster conversion than other numbers: the results must not differ.
+    ints, floats = [d.tolist() for d in digits[:3]], [(d / 1.0).tolist() for d in digits[:3]]
+    np.testing.assert_array_equal(pixels_to_batch(ints), pixels_to_batch(floats))
+    np.testing.assert_array_equal(pixels_to_batch(ints[0]), pixels_to_batch(floats[0]))
+    assert pixels_to_batch(ints).flags.writeable
+    assert pixels_to_batch(_with(12.5))[0, 0, 3, 5] == 12.5  # one non-integer: the general path, same answer
+    assert pixels_to_batch(_with(True))[0, 0, 3, 5] == 1.0  # a bool reads as NumPy reads it, on both paths
+    assert pixels_to_batch(_with(255))[0, 0, 3, 5] == 255.0
+
+
 def _zeros() -> list[list[float]]:
     return [[0] * 28 for _ in range(28)]
 

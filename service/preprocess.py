@@ -800,6 +800,9 @@ def pixels_to_batch(pixels: object) -> np.ndarray:
     return np.ascontiguousarray(images[:, None])  # [N,1,28,28]; no copy for a list
 
 
+_LIST_TYPE, _SIDE_LENGTH = {list}, {_MNIST_SIDE}
+
+
 def _whole_bytes(pixels: object) -> np.ndarray | None:
     """The common case, fast: 28x28 lists of integers 0..255 (one image, or a list of images) ->
     float32 [N,1,28,28]; None for anything else, which the general path converts or refuses.
@@ -813,12 +816,10 @@ def _whole_bytes(pixels: object) -> np.ndarray | None:
     first = pixels[0]
     images = pixels if type(first) is list and first and type(first[0]) is list else (pixels,)
     rows: list[list[object]] = []
-    for image in images:
-        if type(image) is not list or len(image) != _MNIST_SIDE:
+    for image in images:  # 28 lists of 28 (set(map(...)) keeps the checks in C)
+        if type(image) is not list or len(image) != _MNIST_SIDE or set(map(type, image)) != _LIST_TYPE \
+                or set(map(len, image)) != _SIDE_LENGTH:
             return None
-        for row in image:
-            if type(row) is not list or len(row) != _MNIST_SIDE:
-                return None
         rows += image
     try:
         flat = bytearray(itertools.chain.from_iterable(rows))

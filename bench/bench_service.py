@@ -7,6 +7,9 @@ then drives it with wrk (Debian package `wrk`) at several client counts:
 * png     POST /predict with a 280x280 RGBA canvas PNG upload (multipart)
 * trivial GET /healthz of the same app: the HTTP ceiling of this stack
 
+and, as configuration "bare", a bare FastAPI endpoint (bench/bare_app.py) on uvicorn: the ceiling
+of FastAPI on uvicorn itself on this machine (the reference the issue measured before the project).
+
 and prints requests/s, p50 and p99 latency and non-2xx answers, then the ratios the
 service is judged by. Every run is bounded by --duration.
 """
@@ -36,6 +39,7 @@ CONFIGS = {  # name -> (environment, workers)
     "unbatched": ({"DIGITS_MAX_BATCH_SIZE": "1"}, 1),
     "batched-2w": ({"DIGITS_MAX_BATCH_SIZE": "64"}, 2),
     "unbatched-2w": ({"DIGITS_MAX_BATCH_SIZE": "1"}, 2),
+    "bare": ({}, 1),  # bench/bare_app.py: trivial endpoint only
 }
 
 
@@ -98,6 +102,13 @@ def multipart(data: bytes) -> tuple[bytes, str]:
 
 def start(config: str, port: int, models_dir: Path) -> subprocess.Popen:
     env_extra, workers = CONFIGS[config]
+    if config == "bare":
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--host", "127.0.0.1", "--port", str(port),
+             "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_ready(port, proc, timeout_s=30, path="/healthz")
+        return proc
     proc = start_server(port, models_dir, output=subprocess.DEVNULL, DIGITS_WORKERS=str(workers), **env_extra)
     wait_ready(port, proc, timeout_s=90)
     return proc
@@ -139,6 +150,8 @@ def main() -> int:
             for kind in args.kinds:
                 if kind == "trivial" and config.startswith("unbatched"):
                     continue  # same endpoint as the batched server's
+                if config == "bare" and kind != "trivial":
+                    continue  # the bare app has no model
                 path, script = scripts[kind]
                 run_wrk(f"http://127.0.0.1:{port}{path}", script, 16, 1.0, args.wrk_threads)  # warm-up
                 for clients in args.clients:
@@ -163,6 +176,12 @@ def main() -> int:
                 if b and u and kind != "trivial":
                     print(f"  batched{workers} / unbatched {kind} at {clients:>3} clients: {b.rps / u.rps:.2f} "
                           f"(p99 {b.p99_ms:.1f} vs {u.p99_ms:.1f} ms)")
+    for clients in args.clients:
+        bare, triv, bat = get("bare", "trivial", clients), get("batched", "trivial", clients), \
+            get("batched", "json", clients)
+        if bare and triv and bat:
+            print(f"  at {clients:>3} clients, against a bare FastAPI endpoint: the service's trivial endpoint "
+                  f"{triv.rps / bare.rps:.2f}, batched json {bat.rps / bare.rps:.2f} (bare p99 {bare.p99_ms:.1f} ms)")
     b1, u1 = get("batched", "json", 1), get("unbatched", "json", 1)
     if b1 and u1:
         print(f"  lone client p50: batched {b1.p50_ms:.3f} ms vs unbatched {u1.p50_ms:.3f} ms "

@@ -47,15 +47,15 @@ def start_server(port: int, models_dir: Path, *, output: IO[Any] | int = subproc
     )
 
 
-def wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 60) -> None:
-    """Return once GET /readyz answers 200; fail with the server's output if it exits first."""
+def wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 60, path: str = "/readyz") -> None:
+    """Return once GET ``path`` answers 200; fail with the server's output if it exits first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             output = proc.stdout.read() if proc.stdout else ""
             raise AssertionError(f"server exited early with {proc.returncode}: {output}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1).status_code == 200:
                 return
         except httpx.TransportError:
             pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -31,6 +32,18 @@ class Metrics:
         self.pending = Gauge("digits_pending_images", "images waiting in the batch queue", ["model"], registry=r)
         self.rejected = Counter("digits_rejected", "requests refused before inference, by reason",
                                 ["reason"], registry=r)
+        # Labelled children by (route, method, status): .labels() costs more than the increment itself.
+        # Bounded: routes are templates, methods the few HTTP's parser accepts, statuses a handful.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one HTTP request and record its latency."""
+        children = self._request_children.get((route, method, status))
+        if children is None:
+            children = (self.requests.labels(route, method, str(status)), self.latency.labels(route))
+            self._request_children[(route, method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def batch_observer(self, model: str) -> Callable[[int, Sequence[float], float], None]:
         """A callback for the model's batcher: batch size, queue waits, inference time."""

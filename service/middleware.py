@@ -108,6 +108,5 @@ class ServiceMiddleware:
 
     def _record(self, scope: Scope, status: int, started: float) -> None:
         route = scope.get("route")
-        label = getattr(route, "path", None) or "unmatched"
-        self.metrics.requests.labels(label, scope["method"], str(status)).inc()
-        self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+        self.metrics.observe_request(getattr(route, "path", None) or "unmatched", scope["method"], status,
+                                     time.perf_counter() - started)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import Any
@@ -126,8 +127,10 @@ def _decode_base64(items: Any) -> list[bytes]:
     return blobs
 
 
-async def read_inputs(request: Request, settings: Settings) -> np.ndarray:
-    """Any accepted request body -> float32 [N,1,28,28] MNIST-style pixels."""
+async def read_inputs(request: Request, settings: Settings) -> tuple[np.ndarray, float]:
+    """Any accepted request body -> (float32 [N,1,28,28] MNIST-style pixels, the event loop's clock when the
+    body was in). The request timeout counts from then: image files wait for one of ``decode_threads``,
+    and a request still waiting ``request_timeout_s`` after its body was in gets 504."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json" or content_type.endswith("+json"):
         try:
@@ -143,7 +146,7 @@ async def read_inputs(request: Request, settings: Settings) -> np.ndarray:
             except preprocess.PreprocessError as exc:
                 raise ApiError(exc.status_code, str(exc)) from None
             _check_count(len(x), settings)
-            return x
+            return x, asyncio.get_running_loop().time()
         blobs = _decode_base64(doc["images"])
     elif content_type == "multipart/form-data":
         try:
@@ -167,7 +170,13 @@ async def read_inputs(request: Request, settings: Settings) -> np.ndarray:
             "multipart/form-data with a 'file' field, or an image/* body",
         )
     _check_count(len(blobs), settings)
-    return await run_in_threadpool(_preprocess_all, blobs, settings.max_image_pixels)
+    since = asyncio.get_running_loop().time()
+    try:
+        async with asyncio.timeout_at(since + settings.request_timeout_s):
+            return await run_in_threadpool(_preprocess_all, blobs, settings.max_image_pixels), since
+    except TimeoutError:
+        raise ApiError(504, f"the request waited more than {settings.request_timeout_s:g} s to have its images "
+                            "decoded (the server is busy decoding others); retry later") from None
 
 
 @router.post(
@@ -188,9 +197,9 @@ async def predict(request: Request) -> Response:
     return_input = _flag(request.query_params.get("return_input"), "return_input")
     settings = settings_of(request)
     registry_of(request).get(model).admit()  # unknown model 404, full queue 503: before reading the body
-    x = await read_inputs(request, settings)
+    x, since = await read_inputs(request, settings)
     served = registry_of(request).get(model)  # looked up again: a reload may have swapped it meanwhile
-    _, probabilities = await served.infer(x, settings.request_timeout_s)
+    _, probabilities = await served.infer(x, settings.request_timeout_s, since=since)
     digits = probabilities.argmax(axis=1)
     labels = served.model.labels
     predictions = []

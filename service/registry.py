@@ -41,10 +41,15 @@ class Served:
             raise ApiError(503, f"server busy: {pending} images already queued (limit {limit}); retry after 1 s",
                            {"Retry-After": "1"})
 
-    async def infer(self, x: np.ndarray, timeout_s: float) -> tuple[np.ndarray, ...]:
-        """(logits, probabilities) for float32 pixels [N,1,28,28], through the batcher; errors as ApiError."""
+    async def infer(self, x: np.ndarray, timeout_s: float, *, since: float | None = None) -> tuple[np.ndarray, ...]:
+        """(logits, probabilities) for float32 pixels [N,1,28,28], through the batcher; errors as ApiError.
+
+        A request waits at most ``timeout_s`` counted from ``since`` (the event loop's clock when its
+        body was in, so time spent waiting to be decoded counts too), or from now."""
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(timeout_s):  # unlike wait_for, no extra task per request
+            # asyncio.timeout_at, unlike wait_for, costs no extra task per request.
+            async with asyncio.timeout_at((loop.time() if since is None else since) + timeout_s):
                 return await self.batcher.submit(x)
         except QueueFullError as exc:
             raise ApiError(503, str(exc), {"Retry-After": str(int(exc.retry_after_s + 0.999))}) from None
@@ -52,7 +57,7 @@ class Served:
             # Swapped by a reload between lookup and submit: run on the model that replaced it.
             current = self.registry.served.get(self.model.name) if self.registry else None
             if current is not None and current is not self:
-                return await current.infer(x, timeout_s)
+                return await current.infer(x, timeout_s, since=since)
             raise ApiError(503, str(exc), {"Retry-After": "1"}) from None
         except TimeoutError:
             raise ApiError(

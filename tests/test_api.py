@@ -6,7 +6,9 @@ import base64
 import json
 import shutil
 import struct
+import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from service import api
 from service.app import create_app
 from service.settings import Settings
 from tests.helpers import png_bytes
@@ -234,6 +237,33 @@ def test_waiting_past_the_request_timeout_is_504(models_dir: Path) -> None:
     with TestClient(app) as impatient:
         response = impatient.post("/predict", json={"pixels": [[[0] * 28] * 28] * 64})
         assert response.status_code == 504 and "waited more than" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("timeout_s", [0.25, 10.0])
+def test_waiting_for_a_busy_image_decoder_counts_against_the_request_timeout(
+    models_dir: Path, mnist_test_sample, monkeypatch: pytest.MonkeyPatch, timeout_s: float
+) -> None:
+    decode = api._preprocess_all
+
+    def slow_decode(blobs: list[bytes], max_pixels: int) -> np.ndarray:
+        time.sleep(0.5)  # as a huge upload would take
+        return decode(blobs, max_pixels)
+
+    monkeypatch.setattr(api, "_preprocess_all", slow_decode)
+    images, labels = mnist_test_sample
+    upload = {"file": ("digit.png", png_bytes(images[0]), "image/png")}
+    app = create_app(Settings(models_dir=models_dir, decode_threads=1, request_timeout_s=timeout_s))
+    with TestClient(app) as one_decoder, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(one_decoder.post, "/predict", files=upload)
+        time.sleep(0.1)  # the first upload holds the only decoder
+        second = pool.submit(one_decoder.post, "/predict", files=upload)
+        answers = [first.result(timeout=30), second.result(timeout=30)]
+    if timeout_s > 1:  # time enough: both are decoded in turn and predicted
+        assert [a.status_code for a in answers] == [200, 200]
+        assert [a.json()["predictions"][0]["digit"] for a in answers] == [int(labels[0])] * 2
+    else:  # the second waited for the decoder past the timeout; the first's decoding outlasted it
+        assert [a.status_code for a in answers] == [504, 504]
+        assert "to have its images decoded" in answers[1].json()["detail"]
 
 
 def test_a_corrupt_model_is_reported_by_readyz_and_the_other_keeps_serving(

@@ -11,7 +11,8 @@ and, as configuration "bare", a bare FastAPI endpoint (bench/bare_app.py) on uvi
 of FastAPI on uvicorn itself on this machine (the reference the issue measured before the project).
 
 and prints requests/s, p50 and p99 latency and non-2xx answers, then the ratios the
-service is judged by. Every run is bounded by --duration.
+service is judged by. All servers run at once; every measurement is taken --rounds times,
+interleaved with the others, and the medians are reported. Every run is bounded by --duration.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import io
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +52,13 @@ class Result:
     p99_ms: float
     non2xx: int
     requests: int
+
+
+def _median(runs: list[Result]) -> Result:
+    """Each figure's median over the rounds (non-2xx answers: their total)."""
+    return Result(statistics.median(r.rps for r in runs), statistics.median(r.p50_ms for r in runs),
+                  statistics.median(r.p99_ms for r in runs), sum(r.non2xx for r in runs),
+                  sum(r.requests for r in runs))
 
 
 def _ms(text: str) -> float:
@@ -123,6 +132,8 @@ def main() -> int:
                         help="server configurations (default: all)")
     parser.add_argument("--kinds", nargs="+", choices=["json", "png", "trivial"], default=["json", "png", "trivial"],
                         help="request kinds (default: all)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="times each measurement is taken, interleaved; medians are reported (default: 3)")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default: %(default)s)")
     parser.add_argument("--models-dir", type=Path, default=REPO / "models", help="models (default: models/)")
     args = parser.parse_args()
@@ -141,26 +152,37 @@ def main() -> int:
         "png": ("/predict", wrk_script(tmp, "png", "POST", png_body, png_type)),
         "trivial": ("/healthz", wrk_script(tmp, "trivial", "GET")),
     }
-    results: dict[tuple[str, str, int], Result] = {}
-    print(f"{'config':<13} {'kind':<8} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-    for config in args.configs:
-        port = free_port()
-        proc = start(config, port, args.models_dir)
-        try:
-            for kind in args.kinds:
-                if kind == "trivial" and config.startswith("unbatched"):
-                    continue  # same endpoint as the batched server's
-                if config == "bare" and kind != "trivial":
-                    continue  # the bare app has no model
+    # Every server runs for the whole benchmark (an idle one costs nothing), and each round measures
+    # every cell once, so each comparison is between measurements taken minutes apart at most, and the
+    # median of the rounds rides out this machine's swings in speed.
+    cells = [(config, kind, clients) for config in args.configs for kind in args.kinds for clients in args.clients
+             if not (kind == "trivial" and config.startswith("unbatched"))  # the batched server's endpoint
+             and not (config == "bare" and kind != "trivial")]  # the bare app has no model
+    ports: dict[str, int] = {}
+    procs: list[subprocess.Popen] = []
+    rounds: dict[tuple[str, str, int], list[Result]] = {cell: [] for cell in cells}
+    try:
+        for config in args.configs:
+            ports[config] = free_port()
+            procs.append(start(config, ports[config], args.models_dir))
+        for config, kind in dict.fromkeys((config, kind) for config, kind, _ in cells):
+            path, script = scripts[kind]
+            run_wrk(f"http://127.0.0.1:{ports[config]}{path}", script, 16, 1.0, args.wrk_threads)  # warm-up
+        for number in range(1, args.rounds + 1):
+            print(f"round {number} of {args.rounds}", flush=True)
+            for config, kind, clients in cells:
                 path, script = scripts[kind]
-                run_wrk(f"http://127.0.0.1:{port}{path}", script, 16, 1.0, args.wrk_threads)  # warm-up
-                for clients in args.clients:
-                    r = run_wrk(f"http://127.0.0.1:{port}{path}", script, clients, args.duration, args.wrk_threads)
-                    results[(config, kind, clients)] = r
-                    print(f"{config:<13} {kind:<8} {clients:>7} {r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
-                          f"{r.non2xx:>8}", flush=True)
-        finally:
+                url = f"http://127.0.0.1:{ports[config]}{path}"
+                rounds[(config, kind, clients)].append(run_wrk(url, script, clients, args.duration, args.wrk_threads))
+    finally:
+        for proc in procs:
             stop_server(proc)
+
+    results = {cell: _median(runs) for cell, runs in rounds.items()}
+    print(f"\nmedian of {args.rounds} rounds")
+    print(f"{'config':<13} {'kind':<8} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    for (config, kind, clients), r in results.items():
+        print(f"{config:<13} {kind:<8} {clients:>7} {r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.non2xx:>8}")
 
     def get(config: str, kind: str, clients: int) -> Result | None:
         return results.get((config, kind, clients))

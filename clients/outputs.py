@@ -1,7 +1,7 @@
 """What `digits score` writes: one row per scored input as CSV, JSON lines or a Kaggle submission.
 
 Rows are formatted a batch at a time and streamed out, so the output never waits in memory.
-A file is written atomically (``training.datasets``' writer: a temporary file beside it,
+A file is written atomically (``core.files``' writer: a temporary file beside it,
 renamed over it only when scoring finished); a run that stops half-way leaves no partial file.
 Without ``--out`` the rows go to standard output as they come.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from training.datasets import atomic_write
+from core.files import atomic_write
 
 FORMATS = ("csv", "jsonl", "kaggle")
 CSV_COLUMNS = ("input", "digit", "label", "confidence", "expected")

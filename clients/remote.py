@@ -40,8 +40,9 @@ import orjson
 
 from clients.batches import Batch, InputError, Scored
 from clients.pipeline import ordered_map
+from core.contract import IMAGE_SHAPE, INPUT_NAME
+from core.contract import V2_HEADER_LENGTH as HEADER_LENGTH
 
-HEADER_LENGTH = "Inference-Header-Content-Length"  # KServe v2 binary tensor data extension
 RETRIABLE = frozenset({503, 504})
 SPLITTABLE = frozenset({413, 422})  # the request as a whole was refused because of one image or its size
 
@@ -240,7 +241,7 @@ class RemoteScorer:
         datatype, data = ("UINT8", pixels.astype(np.uint8, copy=False)) if pixels.dtype == np.uint8 \
             else ("FP32", pixels.astype("<f4", copy=False))
         header = orjson.dumps({
-            "inputs": [{"name": "pixels", "shape": [len(pixels), 1, 28, 28], "datatype": datatype,
+            "inputs": [{"name": INPUT_NAME, "shape": [len(pixels), *IMAGE_SHAPE], "datatype": datatype,
                         "parameters": {"binary_data_size": data.nbytes}}],
             "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
         })

@@ -30,7 +30,7 @@ from clients.batches import Batch, InputError, Scored
 from clients.outputs import FORMATS, RowFormatter, default_format, open_output
 from clients.pipeline import Prefetcher
 from clients.sources import ImageFiles, Plan, ReadOptions, UsageError, iter_batches, plan_inputs
-from training.metrics import confusion_matrix, format_report
+from core.metrics import confusion_matrix, format_report
 
 if TYPE_CHECKING:
     from service.runtime import LoadedModel
@@ -399,7 +399,7 @@ def _report(args: argparse.Namespace, outcome: Outcome, labels: list[str], title
               file=to)
     print(format_report(cm, labels), file=to)
     if args.plot is not None:
-        from training.plots import plot_confusion_matrix
+        from core.plots import plot_confusion_matrix
 
         inputs = ", ".join(os.path.basename(i.rstrip("/")) for i in args.inputs)
         plot_confusion_matrix(cm, labels, args.plot, title=f"{title} on {inputs}"[:80])

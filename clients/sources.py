@@ -4,7 +4,7 @@
 ``iter_batches`` reads them in order as ``Batch``es of at most ``batch_size`` items. Only
 a few batches exist at a time whatever the input's size: IDX images are read a batch at a
 time (raw or through a streaming gzip reader), Kaggle CSVs through
-``training.datasets.iter_kaggle_csv`` in chunks, and image files are decoded by worker
+``core.kaggle.iter_kaggle_csv`` in chunks, and image files are decoded by worker
 processes with a bounded number of tasks in flight.
 
 Image files go through ``service.preprocess.preprocess_image_bytes``, the service's own
@@ -36,21 +36,17 @@ from PIL import Image
 
 from clients.batches import Batch, InputError, error_batch
 from clients.pipeline import ordered_map
+from core.contract import IMAGE_PIXELS, IMAGE_SIDE
+from core.files import DataError
+from core.idx import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, load_idx_labels
+from core.kaggle import CsvFormatError, iter_kaggle_csv
 from service.preprocess import DEFAULT_MAX_PIXELS, SUPPORTED_FORMATS, PreprocessError, preprocess_image_bytes
-from training.datasets import (
-    IDX_IMAGES_MAGIC,
-    IDX_LABELS_MAGIC,
-    CsvFormatError,
-    DataError,
-    iter_kaggle_csv,
-    load_idx_labels,
-)
 
 # File name endings taken as images inside folders: those Pillow maps to a supported format.
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     ext for ext, fmt in Image.registered_extensions().items() if fmt in SUPPORTED_FORMATS
 )
-MNIST_PIXELS = 28 * 28
+MNIST_PIXELS = IMAGE_PIXELS
 _IDX_HEADER = struct.Struct(">IIII")  # magic, count, rows, columns
 _GZIP_MAGIC = b"\x1f\x8b"
 _GLOB_CHARS = frozenset("*?[")
@@ -244,7 +240,7 @@ def _idx_header(f: BinaryIO) -> int:
             "and three dimensions, e.g. MNIST's t10k-images-idx3-ubyte.gz"
         )
     _, count, rows, cols = _IDX_HEADER.unpack(head)
-    if (rows, cols) != (28, 28):
+    if (rows, cols) != (IMAGE_SIDE, IMAGE_SIDE):
         raise _Bad(f"holds {rows}x{cols} images; the models take 28x28 MNIST-style images")
     return int(count)
 

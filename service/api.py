@@ -15,6 +15,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from core.contract import IMAGE_SHAPE
 from service import preprocess
 from service.deps import json_response, registry_of, settings_of
 from service.errors import ApiError
@@ -84,7 +85,7 @@ _PREDICT_BODY = {
 
 def _preprocess_all(blobs: list[bytes], max_pixels: int) -> np.ndarray:
     """Encoded images -> float32 [N,1,28,28]; a bad image names its position."""
-    out = np.empty((len(blobs), 1, 28, 28), np.float32)
+    out = np.empty((len(blobs), *IMAGE_SHAPE), np.float32)
     for i, data in enumerate(blobs):
         try:
             out[i, 0] = preprocess.preprocess_image_bytes(data, max_pixels=max_pixels)

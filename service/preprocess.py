@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
+from core.contract import IMAGE_SIDE
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "SUPPORTED_FORMATS",
@@ -54,7 +56,7 @@ __all__ = [
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "BMP", "WEBP", "GIF"})
 DEFAULT_MAX_PIXELS: int = 40_000_000
 
-_MNIST_SIDE = 28  # side of the model's input
+_MNIST_SIDE = IMAGE_SIDE  # side of the model's input
 _BOX_SIZE = 20  # the digit is scaled to fit this box inside the 28x28 field
 _CENTRE = 14.0  # target centre of mass (row and column), as measured on MNIST itself
 

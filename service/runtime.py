@@ -6,7 +6,6 @@ the same way wherever it runs. No torch here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -18,10 +17,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from core.contract import IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAMES
+from core.files import file_digest
+
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "pixels"
-OUTPUT_NAMES = ("logits", "probabilities")
 # ONNX Runtime's own error types share no base class but Exception; these are the ones a bad file raises.
 _ORT_ERRORS: tuple[type[Exception], ...] = (
     *(getattr(ort.capi.onnxruntime_pybind11_state, name)
@@ -114,14 +114,6 @@ def read_manifest(models_dir: str | Path) -> Manifest:
     return Manifest(path, doc.get("default_model"), tuple(entries))
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _decode_metadata(props: Mapping[str, str]) -> dict[str, Any]:
     """ONNX metadata values are strings; those written as JSON are decoded."""
     out: dict[str, Any] = {}
@@ -187,7 +179,7 @@ def _check_signature(session: ort.InferenceSession, path: Path) -> int:
         found = [(i.name, i.type, i.shape) for i in inputs]
         raise ModelError(f"{path}: inputs are {found}; expected one float32 input named {INPUT_NAME!r}")
     shape = inputs[0].shape
-    if len(shape) != 4 or list(shape[1:]) != [1, 28, 28] or isinstance(shape[0], int):
+    if len(shape) != 4 or list(shape[1:]) != list(IMAGE_SHAPE) or isinstance(shape[0], int):
         raise ModelError(f"{path}: input shape is {shape}; expected [N, 1, 28, 28] with a dynamic batch N")
     outputs = {o.name: o for o in session.get_outputs()}
     missing = [n for n in OUTPUT_NAMES if n not in outputs]
@@ -225,7 +217,7 @@ def load_model(
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file {path} not found; check the manifest's 'file' entry and the models folder")
-    digest = file_sha256(path)
+    digest = file_digest(path)
     if expected_sha256 is not None and digest != expected_sha256:
         raise ModelError(
             f"{path}: SHA-256 is {digest} but the manifest says {expected_sha256}; the file is corrupt or was "

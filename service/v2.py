@@ -33,11 +33,12 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Match
 
+from core.contract import IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAMES
+from core.contract import V2_HEADER_LENGTH as HEADER_LENGTH
 from service.deps import json_response, registry_of, settings_of
 from service.errors import ApiError
 from service.registry import Served
 from service.routing import LeanRoute
-from service.runtime import INPUT_NAME, OUTPUT_NAMES
 from service.schemas import ErrorResponse
 from service.settings import Settings
 
@@ -46,8 +47,6 @@ router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], route_cl
 SERVER_NAME = "digits"
 EXTENSIONS = ("binary_tensor_data",)
 PLATFORM = "onnxruntime_onnx"
-HEADER_LENGTH = "Inference-Header-Content-Length"
-IMAGE_SHAPE = (1, 28, 28)
 
 # Datatype -> little-endian numpy dtype of its binary form.
 DATATYPES: dict[str, np.dtype] = {

@@ -9,17 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from testkit.data import load_sample
+
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_DIR = REPO / "tests" / "data" / "mnist-sample"
 MODELS_DIR = REPO / "models"
+
+
+@pytest.fixture(autouse=True)
+def _private_data_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the download cache at a fresh folder, so no test reads or fills the user's ~/.cache/digits."""
+    monkeypatch.setenv("DIGITS_DATA_DIR", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.delenv("DIGITS_MNIST_MIRRORS", raising=False)
 
 
 @pytest.fixture(scope="session")
 def mnist_test_sample() -> tuple[np.ndarray, np.ndarray]:
     """The first 1,000 real MNIST test images (uint8 [N,28,28]) and labels."""
-    from training import datasets
-
-    return datasets.load_split("mnist", "test", SAMPLE_DIR, verify=False, download_missing=False)
+    return load_sample("test")
 
 
 @pytest.fixture(scope="session")

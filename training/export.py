@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -26,22 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.contract import IMAGE_SHAPE, INPUT_NAME, INPUT_SPEC, OUTPUT_NAMES
+from core.files import atomic_write, file_digest
 from training import nets
-from training.datasets import atomic_write
+from training.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "pixels"
-OUTPUT_NAMES = ("logits", "probabilities")
 OPSET = 18
-INPUT_SPEC: dict[str, Any] = {
-    "name": INPUT_NAME,
-    "dtype": "float32",
-    "shape": ["N", 1, 28, 28],
-    "range": [0, 255],
-    "polarity": "white ink on black (MNIST)",
-    "normalisation": "inside the graph",
-}
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = REPO_ROOT / "models" / "manifest.json"
 
@@ -67,7 +58,7 @@ def export_onnx(net: nn.Module, path: str | Path, metadata: Mapping[str, Any]) -
 
     path = Path(path)
     wrapper = _WithProbabilities(net).eval()
-    example = torch.zeros(2, 1, 28, 28)
+    example = torch.zeros(2, *IMAGE_SHAPE)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         raw = Path(tmp) / "model.onnx"
@@ -104,7 +95,7 @@ def export_onnx(net: nn.Module, path: str | Path, metadata: Mapping[str, Any]) -
 def _check_signature(model: Any) -> None:
     inputs = [(i.name, [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]) for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
-    if len(inputs) != 1 or inputs[0][0] != INPUT_NAME or inputs[0][1][1:] != [1, 28, 28]:
+    if len(inputs) != 1 or inputs[0][0] != INPUT_NAME or inputs[0][1][1:] != list(IMAGE_SHAPE):
         raise RuntimeError(f"exported graph has inputs {inputs}; expected one {INPUT_NAME!r} [N,1,28,28]")
     if not isinstance(inputs[0][1][0], str):
         raise RuntimeError(f"exported graph has a fixed batch size {inputs[0][1][0]}; expected a dynamic one")
@@ -133,7 +124,7 @@ def check_parity(net: nn.Module, onnx_path: str | Path, images: np.ndarray) -> P
     """Run PyTorch and ONNX Runtime on the same raw uint8 images ``[N,28,28]`` and compare."""
     import onnxruntime as ort
 
-    x = np.ascontiguousarray(images, dtype=np.float32).reshape(-1, 1, 28, 28)
+    x = np.ascontiguousarray(images, dtype=np.float32).reshape(-1, *IMAGE_SHAPE)
     with torch.no_grad():
         expected = torch.softmax(net.eval()(torch.from_numpy(x)), dim=1).numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -143,11 +134,8 @@ def check_parity(net: nn.Module, onnx_path: str | Path, images: np.ndarray) -> P
 
 
 def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The SHA-256 of a file as hex, as recorded in the manifest."""
+    return file_digest(path, "sha256")
 
 
 def update_manifest(
@@ -188,21 +176,9 @@ def update_manifest(
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the network stored in a checkpoint written by ``digits train`` (best.pt or last.pt)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} not found; pass a run directory or its best.pt")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        net = nets.build_model(ckpt["arch"], **ckpt["model_args"])
-        net.load_state_dict(ckpt["model"])
-    except KeyError as exc:
-        raise ValueError(
-            f"{path} is not a digits checkpoint (missing {exc}); it must come from `digits train`"
-        ) from None
-    return net.eval(), dict(ckpt.get("info", {}))
+    """Rebuild the network stored in a best.pt written by ``digits train`` (or a run directory): (net, info)."""
+    checkpoint = Checkpoint.load(path)
+    return checkpoint.build(), checkpoint.info
 
 
 def build_metadata(net: nn.Module, info: Mapping[str, Any], name: str, version: str) -> dict[str, Any]:
@@ -274,11 +250,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from training import datasets
+    from training import download
 
     images = None
     if args.parity_data is not None:
-        images, _ = datasets.load_split("mnist", "test", args.parity_data, verify=False, download_missing=False)
+        images, _ = download.load_split("mnist", "test", args.parity_data, verify=False, download_missing=False)
         images = images[:1000]
     out, report = export_checkpoint(
         args.checkpoint, args.out, name=args.name, version=args.version, manifest=args.manifest, parity_images=images,

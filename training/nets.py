@@ -14,6 +14,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from core.contract import MNIST_MEAN, MNIST_STD
+
 Activation = Literal["relu", "sigmoid", "tanh", "leaky_relu"]
 Pooling = Literal["avg", "max"]
 
@@ -56,8 +58,8 @@ class MLPConfig:
     activation: Activation = "relu"
     dropout: float = 0.2
     batch_norm: bool = False
-    mean: float = 0.1307
-    std: float = 0.3081
+    mean: float = MNIST_MEAN
+    std: float = MNIST_STD
     num_classes: int = 10
 
     def __post_init__(self) -> None:
@@ -76,8 +78,8 @@ class LeNet5Config:
     activation: Activation = "relu"
     pooling: Pooling = "max"
     dropout: float = 0.0
-    mean: float = 0.1307
-    std: float = 0.3081
+    mean: float = MNIST_MEAN
+    std: float = MNIST_STD
     num_classes: int = 10
 
     def __post_init__(self) -> None:

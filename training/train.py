@@ -20,7 +20,6 @@ import shlex
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,74 +29,18 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from training import datasets, nets
-from training.metrics import class_report, confusion_matrix, format_report
+from core.files import DataError
+from core.kaggle import read_kaggle_csv, write_kaggle_submission
+from core.metrics import class_report, confusion_matrix, format_report
+from training import nets
+from training.checkpoint import Checkpoint, RunState
+from training.data import Data, Split, load_data
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 DRY_RUN_BATCHES = 3
-
-
-@dataclass
-class Split:
-    images: torch.Tensor  # (N, 1, 28, 28) float32, raw 0..255
-    labels: torch.Tensor  # (N,) int64
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-@dataclass
-class Data:
-    train: Split
-    val: Split | None
-    test: Split
-    class_names: tuple[str, ...]
-    mean: float
-    std: float
-    digest: str  # checksum of the training data files
-    test_source: str  # where the test split came from, for the record
-
-
-def _split(images: np.ndarray, labels: np.ndarray) -> Split:
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).reshape(-1, 1, 28, 28)
-    return Split(x, torch.from_numpy(labels.astype(np.int64)))
-
-
-def load_data(args: argparse.Namespace) -> Data:
-    """Read the chosen data set and cut the validation (and, for Kaggle, test) split."""
-    if args.dataset == "kaggle":
-        if args.csv is None:
-            raise SystemExit("--dataset kaggle needs --csv PATH to the competition's train.csv")
-        table = datasets.read_kaggle_csv(args.csv, strict=True)
-        if table.labels is None:
-            raise SystemExit(f"{args.csv} has no label column: training needs train.csv, not test.csv")
-        images, labels = table.images, table.labels
-        # train.csv is all there is with labels: hold out a stratified test split first.
-        rest, test_idx = datasets.stratified_split(labels, args.test_fraction, args.seed + 1)
-        test = (images[test_idx], labels[test_idx])
-        images, labels = images[rest], labels[rest]
-        class_names = datasets.DATASETS["mnist"].class_names
-        mean, std = datasets.DATASETS["mnist"].mean, datasets.DATASETS["mnist"].std
-        digest = datasets.dataset_digest([Path(args.csv)])
-        test_source = f"{args.test_fraction:.0%} stratified hold-out of {Path(args.csv).name}"
-    else:
-        spec = datasets.DATASETS[args.dataset]
-        kwargs = {"verify": not args.no_verify, "progress": not args.quiet}
-        images, labels = datasets.load_split(args.dataset, "train", args.data_dir, **kwargs)
-        test = datasets.load_split(args.dataset, "test", args.data_dir, **kwargs)
-        files = datasets.fetch(args.dataset, args.data_dir, verify=False, download_missing=False)
-        class_names, mean, std = spec.class_names, spec.mean, spec.std
-        digest = datasets.dataset_digest([files["train_images"], files["train_labels"]])
-        test_source = f"{args.dataset} official test set"
-    val = None
-    if args.val_fraction > 0:
-        train_idx, val_idx = datasets.stratified_split(labels, args.val_fraction, args.seed)
-        val = _split(images[val_idx], labels[val_idx])
-        images, labels = images[train_idx], labels[train_idx]
-    return Data(_split(images, labels), val, _split(*test), tuple(class_names), mean, std, digest, test_source)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -232,6 +175,48 @@ def model_kwargs(args: argparse.Namespace, data: Data) -> dict[str, Any]:
     return kwargs
 
 
+def train_one_epoch(
+    net: nn.Module,
+    split: Split,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    args: argparse.Namespace,
+    desc: str = "",
+) -> tuple[float, float]:
+    """One pass over ``split`` in a shuffled order; the schedule steps per batch. Returns (mean loss, accuracy)."""
+    net.train()
+    seen = correct = 0
+    loss_sum = 0.0
+    order = list(batches(len(split), args.batch_size, generator))
+    bar = tqdm(order, desc=desc, unit="batch", leave=False, disable=args.quiet)
+    for idx in bar:
+        x, y = split.images[idx], split.labels[idx]  # (B, 1, 28, 28), (B,)
+        if args.augment:
+            x = augment(x, generator)
+        logits = net(x)  # (B, C)
+        loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        seen += len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        loss_sum += loss.item() * len(y)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+    return loss_sum / seen, correct / seen
+
+
+def _dry_run_data(data: Data, batch_size: int) -> Data:
+    """A few batches end to end, for CI."""
+    limit = batch_size * DRY_RUN_BATCHES
+    data.train = Split(data.train.images[:limit], data.train.labels[:limit])
+    data.test = Split(data.test.images[:1000], data.test.labels[:1000])
+    if data.val is not None:
+        data.val = Split(data.val.images[:limit], data.val.labels[:limit])
+    return data
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run one training; returns the results written to results.json."""
     run_dir: Path = args.out
@@ -244,12 +229,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     command = training_command(sys.argv[2:] if sys.argv[1:2] == ["train"] else sys.argv[1:])
 
     data = load_data(args)
-    if args.dry_run:  # a few batches end to end, for CI
-        limit = args.batch_size * DRY_RUN_BATCHES
-        data.train = Split(data.train.images[:limit], data.train.labels[:limit])
-        data.test = Split(data.test.images[:1000], data.test.labels[:1000])
-        if data.val is not None:
-            data.val = Split(data.val.images[:limit], data.val.labels[:limit])
+    if args.dry_run:
+        data = _dry_run_data(data, args.batch_size)
     net = nets.build_model(args.model, **model_kwargs(args, data))
     log.info(
         "%s: %s parameters; %d train / %d validation / %d test images (%s)",
@@ -271,16 +252,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     history: list[dict[str, float]] = []
-    best = {"val_acc": -1.0, "epoch": 0}
+    best: dict[str, Any] = {"val_acc": -1.0, "epoch": 0}
     start_epoch = 1
     if args.resume:
-        state = torch.load(args.resume, map_location="cpu", weights_only=False)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
+        state = RunState.load(args.resume)
+        net.load_state_dict(state.model)
+        optimizer.load_state_dict(state.optimizer)
+        schedule.load_state_dict(state.schedule)
+        generator.set_state(state.generator)
+        torch.set_rng_state(state.torch_rng)
+        history, best, start_epoch = state.history, state.best, state.epoch + 1
         log.info("resumed from %s at epoch %d", args.resume, start_epoch)
 
     info = {
@@ -297,30 +278,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if stale >= args.patience > 0:
             log.info("early stop: no validation improvement for %d epochs", stale)
             break
-        net.train()
-        seen = correct = 0
-        loss_sum = 0.0
-        order = list(batches(len(data.train), args.batch_size, generator))
-        bar = tqdm(order, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, disable=args.quiet)
-        for idx in bar:
-            x, y = data.train.images[idx], data.train.labels[idx]
-            if args.augment:
-                x = augment(x, generator)
-            logits = net(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            seen += len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            loss_sum += loss.item() * len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+        train_loss, train_acc = train_one_epoch(
+            net, data.train, optimizer, schedule, generator, args, desc=f"epoch {epoch}/{epochs}"
+        )
         row: dict[str, float] = {
             "epoch": epoch,
             "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": loss_sum / seen,
-            "train_acc": correct / seen,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
         }
         if data.val is not None:
             row["val_loss"], row["val_acc"], _ = evaluate(net, data.val)
@@ -334,8 +299,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         improved = score > best["val_acc"]
         if improved:
             best = {"val_acc": score, "epoch": epoch}
-            torch.save({"arch": args.model, "model_args": nets.model_args(net), "model": net.state_dict(),
-                        "info": {**info, "epoch": epoch}}, run_dir / "best.pt")
+            Checkpoint.of(net, args.model, {**info, "epoch": epoch}).save(run_dir / "best.pt")
         stale = epoch - best["epoch"]
         log.info(
             "epoch %d: train loss %.4f acc %.4f | val loss %s acc %s | %.1fs%s",
@@ -345,9 +309,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             row["elapsed_s"], " *best*" if improved else "",
         )
         _write_metrics(run_dir, history)
-        torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
-                    "best": best, "epoch": epoch}, run_dir / "last.pt")
+        RunState(
+            net.state_dict(), optimizer.state_dict(), schedule.state_dict(), generator.get_state(),
+            torch.get_rng_state(), history, best, epoch,
+        ).save(run_dir / "last.pt")
         if args.stop_at_test_accuracy is not None and row["test_acc"] >= args.stop_at_test_accuracy:
             log.info("test accuracy %.4f reached the target %.4f after %.1f s", row["test_acc"],
                      args.stop_at_test_accuracy, row["elapsed_s"])
@@ -361,9 +326,11 @@ def finish(
     best: dict[str, Any],
 ) -> dict[str, Any]:
     """Evaluate the best checkpoint on the test split, plot, export, and write results.json."""
-    from training import export, plots
+    from core import plots
+    from training import export
 
-    net, _ = export.load_checkpoint(run_dir / "best.pt")
+    checkpoint = Checkpoint.load(run_dir / "best.pt")
+    net = checkpoint.build()
     test_loss, test_acc, pred = evaluate(net, data.test)
     cm = confusion_matrix(data.test.labels.numpy(), pred.numpy(), len(data.class_names))
     report = class_report(cm)
@@ -382,9 +349,8 @@ def finish(
         "epochs_run": len(history),
         "train_seconds": history[-1]["elapsed_s"] if history else 0.0,
     }
-    ckpt = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
-    ckpt["info"]["metrics"] = metrics
-    torch.save(ckpt, run_dir / "best.pt")
+    checkpoint.info["metrics"] = metrics
+    checkpoint.save(run_dir / "best.pt")
     onnx_path, parity = export.export_checkpoint(
         run_dir / "best.pt",
         run_dir / f"{info['name']}.onnx",
@@ -410,10 +376,10 @@ def finish(
 
 def write_submission(net: nn.Module, test_csv: Path, out: Path) -> Path:
     """Predict a Kaggle test.csv and write the ImageId,Label submission."""
-    table = datasets.read_kaggle_csv(test_csv, strict=True)
+    table = read_kaggle_csv(test_csv, strict=True)
     x = torch.from_numpy(table.images.astype(np.float32)).reshape(-1, 1, 28, 28)
     predictions = predict_logits(net, x).argmax(1).tolist()
-    datasets.write_kaggle_submission(out, predictions)
+    write_kaggle_submission(out, predictions)
     log.info("wrote Kaggle submission %s (%d rows)", out, len(predictions))
     return out
 
@@ -424,8 +390,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="training data: MNIST or Fashion-MNIST IDX files, or a Kaggle digit-recognizer "
                       "train.csv (default: %(default)s)")
     data.add_argument("--data-dir", type=Path, default=None,
-                      help="directory holding (or to cache) the IDX files; missing files are downloaded from "
-                      "public mirrors and checksum-verified (default: $DIGITS_DATA_DIR or ~/.cache/digits)")
+                      help="directory holding the IDX files; it is only read: files missing there are taken from "
+                      "the cache ($DIGITS_DATA_DIR, else ~/.cache/digits), downloaded into it from the mirrors "
+                      "and checksum-verified (default: the cache)")
+    data.add_argument("--mirror", action="append", default=[], metavar="URL",
+                      help="base URL of a mirror holding the IDX files, used instead of the public ones; repeat for "
+                      "several (default: $DIGITS_MNIST_MIRRORS, else the public mirrors)")
     data.add_argument("--no-verify", action="store_true",
                       help="accept IDX files whose checksum differs from the official one (custom or sample "
                       "data) instead of re-downloading them")
@@ -506,6 +476,6 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--resume {args.resume}: no such checkpoint; use the last.pt of an earlier run")
     try:
         train(args)
-    except datasets.DataError as exc:
+    except DataError as exc:
         raise SystemExit(f"error: {exc}") from None
     return 0

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from training import datasets
+from testkit.data import load_mnist
 
 REQUIRED_ACCURACY = {"lenet5": 0.992, "mlp": 0.983}
 
@@ -61,7 +61,7 @@ def test_accuracy_on_the_shipped_test_sample(models_dir: Path, mnist_test_sample
 @pytest.mark.full_data
 @pytest.mark.parametrize("name", sorted(REQUIRED_ACCURACY))
 def test_accuracy_on_the_official_10000_test_images(models_dir: Path, full_mnist_dir: Path, name: str) -> None:
-    images, labels = datasets.load_split("mnist", "test", full_mnist_dir, download_missing=False)
+    images, labels = load_mnist(full_mnist_dir, "test")
     assert len(images) == 10000
     measured = accuracy(models_dir / f"{name}.onnx", images, labels)
     assert measured >= REQUIRED_ACCURACY[name]

@@ -13,7 +13,10 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 import cli  # noqa: E402
-from training import datasets, export  # noqa: E402
+from core.kaggle import write_kaggle_csv  # noqa: E402
+from testkit.data import load_sample  # noqa: E402
+from training import export  # noqa: E402
+from training.data import stratified_split  # noqa: E402
 
 SAMPLE = Path(__file__).parent / "data" / "mnist-sample"
 
@@ -72,7 +75,7 @@ def test_exported_onnx_honours_the_serving_contract(short_run: Path) -> None:
 
 def test_onnx_runtime_matches_pytorch_on_1000_real_test_images(short_run: Path) -> None:
     net, _ = export.load_checkpoint(short_run)
-    images, _ = datasets.load_split("mnist", "test", SAMPLE, verify=False, download_missing=False)
+    images, _ = load_sample("test")
     report = export.check_parity(net, short_run / "lenet5.onnx", images[:1000])
     assert report.images == 1000
     assert report.argmax_agreement == 1.0
@@ -135,16 +138,16 @@ def test_every_optimizer_trains(tmp_path: Path, optimizer: str) -> None:
 
 
 def test_kaggle_csv_training_writes_a_valid_model_and_submission(tmp_path: Path) -> None:
-    images, labels = datasets.load_split("mnist", "train", SAMPLE, verify=False, download_missing=False)
-    test_images, _ = datasets.load_split("mnist", "test", SAMPLE, verify=False, download_missing=False)
-    datasets.write_kaggle_csv(tmp_path / "train.csv", images, labels)
-    datasets.write_kaggle_csv(tmp_path / "test.csv", test_images[:100])
+    images, labels = load_sample("train")
+    test_images, _ = load_sample("test")
+    write_kaggle_csv(tmp_path / "train.csv", images, labels)
+    write_kaggle_csv(tmp_path / "test.csv", test_images[:100])
     out = tmp_path / "run"
     assert cli.main(["train", "--dataset", "kaggle", "--csv", str(tmp_path / "train.csv"), "--test-csv",
                      str(tmp_path / "test.csv"), "--model", "mlp", "--epochs", "3", "--lr", "0.005", "--out", str(out),
                      "--quiet"]) == 0
     results = json.loads((out / "results.json").read_text())
-    _, held_out = datasets.stratified_split(labels, 0.1, 1)  # --test-fraction 0.1 with seed 0 + 1
+    _, held_out = stratified_split(labels, 0.1, 1)  # --test-fraction 0.1 with seed 0 + 1
     assert results["test_images"] == len(held_out)
     assert results["test_accuracy"] > 0.7
     lines = (out / "submission.csv").read_text().splitlines()

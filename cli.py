@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 # subcommand -> (module, one-line help). Each module has add_arguments(parser) and main(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -18,6 +19,35 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("service.main", "run the inference service (FastAPI + ONNX Runtime)"),
     "score": ("clients.score", "score image folders, IDX files or Kaggle CSVs with a model"),
 }
+
+
+# subcommand -> the extra that installs what it imports, and the command that installs it.
+EXTRAS: dict[str, tuple[str, str]] = {
+    "train": ("train", "pip install -e '.[train]'"),
+    "export": ("train", "pip install -e '.[train]'"),
+    "serve": ("serve", "pip install -e '.[serve]'"),
+    "score": ("serve", "pip install -e '.[serve]'"),
+}
+_OWN_PACKAGES = frozenset({"cli", "core", "training", "service", "clients"})
+
+
+class MissingExtra(Exception):
+    """A subcommand's dependencies are not installed; the message is the one line to show."""
+
+
+def _import_command(name: str) -> Any:
+    """The subcommand's module; ``MissingExtra`` naming the install command when a dependency is missing."""
+    module = COMMANDS[name][0]
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if not missing or missing in _OWN_PACKAGES:
+            raise
+        extra, install = EXTRAS[name]
+        raise MissingExtra(
+            f"digits {name} needs the {extra!r} extra ({missing} is not installed); install it with: {install}"
+        ) from None
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
@@ -31,7 +61,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         # Only the chosen command's module is imported (its options need it).
         if name in argv:
-            importlib.import_module(module).add_arguments(p)
+            _import_command(name).add_arguments(p)
             p.set_defaults(module=module)
     return parser
 
@@ -39,7 +69,11 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser([chosen] if chosen in COMMANDS else [])
+    try:
+        parser = build_parser([chosen] if chosen in COMMANDS else [])
+    except MissingExtra as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     return int(importlib.import_module(args.module).main(args) or 0)
 

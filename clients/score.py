@@ -31,6 +31,7 @@ from clients.outputs import FORMATS, RowFormatter, default_format, open_output
 from clients.pipeline import Prefetcher
 from clients.sources import ImageFiles, Plan, ReadOptions, UsageError, iter_batches, plan_inputs
 from core.metrics import confusion_matrix, format_report
+from core.plots import PlottingUnavailable, require_matplotlib
 
 if TYPE_CHECKING:
     from service.runtime import LoadedModel
@@ -328,6 +329,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.plot is not None:
+        try:
+            require_matplotlib("--plot")
+        except PlottingUnavailable as exc:
+            raise UsageError(str(exc)) from None
     remote = args.url is not None
     jobs = _cores() if args.jobs is None else args.jobs
     reporter = Reporter(strict=args.strict)

@@ -38,6 +38,11 @@ def class_report(cm: np.ndarray) -> ClassReport:
     return ClassReport(accuracy, precision, recall, cm.sum(axis=1).astype(np.int64), total)
 
 
+def _ratio(value: float) -> str:
+    """A precision or recall to four places; "-" where it is undefined (nothing to divide by)."""
+    return "-" if np.isnan(value) else f"{value:.4f}"
+
+
 def format_report(cm: np.ndarray, labels: Sequence[str]) -> str:
     """A plain-text report: accuracy, per-class precision/recall, and the confusion matrix."""
     report = class_report(cm)
@@ -46,8 +51,11 @@ def format_report(cm: np.ndarray, labels: Sequence[str]) -> str:
     lines.append(f"{'class':>12} {'precision':>10} {'recall':>8} {'support':>8}")
     for i, label in enumerate(labels):
         lines.append(
-            f"{label:>12} {report.precision[i]:>10.4f} {report.recall[i]:>8.4f} {report.support[i]:>8d}"
+            f"{label:>12} {_ratio(report.precision[i]):>10} {_ratio(report.recall[i]):>8} {report.support[i]:>8d}"
         )
+    never = [label for i, label in enumerate(labels) if np.isnan(report.precision[i])]
+    if never:
+        lines.append(f"(-: no image was predicted as {', '.join(never)}, so there is no precision to report)")
     lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
     lines.append(" " * width + "".join(f"{label[:width - 1]:>{width}}" for label in labels))
     for i, label in enumerate(labels):

@@ -1,14 +1,33 @@
-"""PNG plots of training curves and confusion matrices (matplotlib, headless)."""
+"""PNG plots of training curves and confusion matrices (matplotlib, headless, imported only when plotting).
+
+matplotlib comes with the train extra and the plot extra, not with the serve extra.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+INSTALL_HINT = "pip install -e '.[plot]'"
 
-def _pyplot():  # type: ignore[no-untyped-def]
+
+class PlottingUnavailable(RuntimeError):
+    """matplotlib is not installed; the message says how to add it."""
+
+
+def require_matplotlib(what: str = "plotting") -> None:
+    """Raise ``PlottingUnavailable`` with a one-line install hint when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ModuleNotFoundError:
+        raise PlottingUnavailable(f"{what} needs matplotlib, which is not installed: {INSTALL_HINT}") from None
+
+
+def _pyplot() -> Any:
+    require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed

@@ -263,3 +263,70 @@ def test_the_default_mirrors_are_the_specs(monkeypatch: pytest.MonkeyPatch, tmp_
         "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/train-images-idx3-ubyte.gz",
         "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/train-images-idx3-ubyte.gz",
     ]
+
+
+# --------------------------------------------------------------------------- offline use and the user's data folder
+
+
+def folder_state(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_a_given_data_dir_is_only_read_and_downloads_go_to_the_cache(
+    tmp_path: Path, server: MirrorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    given = tmp_path / "mine"
+    given.mkdir()
+    (given / "t10k-labels-idx1-ubyte.gz").write_bytes(server.files["t10k-labels-idx1-ubyte.gz"])
+    before = folder_state(given)
+    monkeypatch.setenv("DIGITS_MNIST_MIRRORS", f"{server.url('missing')}, {server.url('good')}")
+    paths = fetch("mnist", given, cache_dir=tmp_path / "cache", progress=False, timeout=TIMEOUT)
+    assert folder_state(given) == before  # nothing written into the user's folder
+    assert paths["test_labels"] == given / "t10k-labels-idx1-ubyte.gz"
+    for key in ("train_images", "train_labels", "test_images"):
+        assert paths[key].parent == tmp_path / "cache"
+    # The environment's mirrors, in order: the first has nothing, the second serves the files.
+    assert requested(server, "missing") and len(requested(server, "good")) == 3
+
+
+def test_valid_idx_files_that_are_not_the_official_ones_are_named_as_such(tmp_path: Path) -> None:
+    given = tmp_path / "sample"
+    given.mkdir()
+    for name in MNIST_FILES:
+        (given / name).write_bytes((SAMPLE / name).read_bytes())
+    before = folder_state(given)
+    with pytest.raises(ChecksumError) as info:
+        fetch("mnist", given, mirrors=[], progress=False)
+    message = str(info.value)
+    assert "a valid IDX file of 2,000 images, but not the official mnist file" in message
+    assert "--no-verify" in message
+    assert folder_state(given) == before
+    # With --no-verify (verify=False) the same folder is used as it is.
+    assert fetch("mnist", given, verify=False, mirrors=[])["train_images"] == given / "train-images-idx3-ubyte.gz"
+
+
+def test_offline_the_error_names_every_way_out(tmp_path: Path, closed_port_url: str) -> None:
+    given = tmp_path / "empty"
+    given.mkdir()
+    with pytest.raises(DownloadError) as info:
+        fetch("mnist", given, mirrors=[closed_port_url], progress=False, timeout=TIMEOUT)
+    message = str(info.value)
+    for way_out in ("--data-dir", "$DIGITS_DATA_DIR", "--mirror URL", "$DIGITS_MNIST_MIRRORS", "--no-verify"):
+        assert way_out in message
+    assert "mirrors=[" not in message  # no Python argument in a command-line message
+    assert list(given.iterdir()) == []
+
+
+def test_digits_train_passes_each_mirror_option(
+    tmp_path: Path, server: MirrorServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("torch")
+    import cli
+
+    out = tmp_path / "run"
+    argv = ["train", "--mirror", server.url("missing"), "--mirror", server.url("good"), "--dry-run", "--quiet",
+            "--model", "mlp", "--hidden", "16", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert len(requested(server, "missing")) == 4 and len(requested(server, "good")) == 4
+    assert (out / "results.json").is_file()
+    assert "nan" not in capsys.readouterr().out  # a dry run's report: classes never predicted show "-"

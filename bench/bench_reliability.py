@@ -36,10 +36,8 @@ import httpx
 import numpy as np
 import orjson
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.live_server import (  # noqa: E402 (after the path set-up)
+from testkit.data import load_sample
+from testkit.live_server import (
     Answer,
     Connection,
     LiveServer,
@@ -51,7 +49,8 @@ from tests.live_server import (  # noqa: E402 (after the path set-up)
     open_loop,
     rss_mib,
 )
-from training import datasets  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 KEY = "bench-key"
 
@@ -150,6 +149,8 @@ def overload_small(args: argparse.Namespace, images: np.ndarray, max_queue: int)
         report("capacity (8 clients)", capacity)
         over = asyncio.run(closed_loop(server.port, make, clients=256, duration_s=args.duration, check=right))
         report("256 clients", over)
+        print(f"  shed (503) p50 / served p50: {over.p(50, 503) / over.p(50):.2f} "
+              "(below 1: refusing is cheaper than serving)")
         print(f"  offered {over.tried / over.seconds:.0f} requests/s = "
               f"{over.tried / over.seconds / capacity.rate():.1f}x capacity")
         after = asyncio.run(closed_loop(server.port, make, clients=8, duration_s=3, check=right))
@@ -273,8 +274,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=["overload", "small", "reload", "sigterm"],
                         default=["overload", "small", "reload", "sigterm"], help="parts to run (default: all)")
     args = parser.parse_args()
-    images, labels = datasets.load_split("mnist", "test", REPO / "tests" / "data" / "mnist-sample", verify=False,
-                                         download_missing=False)
+    images, labels = load_sample("test")
     tmp = Path(tempfile.mkdtemp(prefix="bench-reliability-"))
     try:
         if "overload" in args.only:

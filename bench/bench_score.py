@@ -12,7 +12,7 @@
    through `digits serve` on 127.0.0.1.
 
 Each figure is the best of --repeats runs, alternating between the contenders so that load
-from other processes hits them alike. Usage: python bench/bench_score.py [--help]
+from other processes hits them alike. Usage: python -m bench.bench_score [--help]
 """
 
 from __future__ import annotations
@@ -29,15 +29,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from clients.outputs import RowFormatter  # noqa: E402
-from clients.score import (  # noqa: E402
+from clients.outputs import RowFormatter
+from clients.score import (
     DEFAULT_BATCH_LOCAL,
     DEFAULT_BATCH_ONE_THREAD,
     LocalScorer,
@@ -46,9 +43,12 @@ from clients.score import (  # noqa: E402
     load_local_model,
     score_inputs,
 )
-from clients.sources import Plan, ReadOptions, plan_inputs  # noqa: E402
-from service.runtime import LoadedModel  # noqa: E402
-from training.datasets import load_idx_images, write_kaggle_csv  # noqa: E402
+from clients.sources import Plan, ReadOptions, plan_inputs
+from core.idx import load_idx_images
+from core.kaggle import write_kaggle_csv
+from service.runtime import LoadedModel
+
+REPO = Path(__file__).resolve().parents[1]
 
 BATCH_SIZES = (64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -213,7 +213,7 @@ def bench_kaggle(args: argparse.Namespace, table: Table, tmp: Path, model: Loade
 def bench_remote(args: argparse.Namespace, table: Table, tmp: Path, model: LoadedModel,
                  local_png_rate: float) -> None:
     from clients.remote import RemoteScorer
-    from tests.live_server import LiveServer
+    from testkit.live_server import LiveServer
 
     images_path = args.mnist_dir / "t10k-images-idx3-ubyte.gz"
     idx_plan = plan_inputs([str(images_path)], [str(args.mnist_dir / "t10k-labels-idx1-ubyte.gz")])

@@ -30,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from testkit.data import load_sample
+from testkit.live_server import free_port, start_server, stop_server, wait_ready
 
-from tests.live_server import free_port, start_server, stop_server, wait_ready  # noqa: E402
-from training import datasets  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CONFIGS = {  # name -> (environment, workers)
     "batched": ({"DIGITS_MAX_BATCH_SIZE": "64"}, 1),
@@ -140,8 +139,7 @@ def main() -> int:
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed: apt-get install wrk")
 
-    images, _ = datasets.load_split("mnist", "test", REPO / "tests" / "data" / "mnist-sample", verify=False,
-                                    download_missing=False)
+    images, _ = load_sample("test")
     tmp = Path(tempfile.mkdtemp(prefix="bench-service-"))
     import orjson
 

@@ -15,10 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import cli
 
-import cli  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def default_data_dir() -> str | None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from tests import live_server
+from testkit import live_server
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

@@ -38,7 +38,7 @@ from tests.deploy_helpers import (
     nginx_binary,
     run_load,
 )
-from tests.live_server import free_port
+from testkit.live_server import free_port
 
 render = load_script(DEPLOY / "nginx" / "render.py")
 healthcheck = load_script(DEPLOY / "healthcheck.py")

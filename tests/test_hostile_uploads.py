@@ -21,7 +21,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.settings import Settings
-from tests.live_server import LiveServer, rss_mib
+from testkit.live_server import LiveServer, rss_mib
 
 pytestmark = pytest.mark.timeout(120)  # a hang fails the test instead of stalling the suite
 

@@ -1,8 +1,8 @@
 """Overload and shutdown of a live `digits serve` on 127.0.0.1, bounded in time and count.
 
 * A burst of 128 clients against a queue of 32 images: every request gets an answer, the excess is
-  shed with 503 + Retry-After faster than requests are served, the accepted ones stay right with a
-  bounded latency, and throughput right after the burst is back to what it was before.
+  shed with 503 + Retry-After, the accepted ones stay right, the server keeps serving afterwards and
+  its memory does not grow (the timings are bench/bench_reliability.py's).
 * SIGTERM with requests queued: they all finish, new connections are refused at once, and the
   process exits within a bound.
 
@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.live_server import (
+from testkit.live_server import (
     Answer,
     LiveServer,
     Request,
@@ -75,11 +75,8 @@ def test_a_burst_is_shed_with_503_and_throughput_comes_back(models_dir: Path, di
     assert burst.failed == 0 and before.failed == 0 and after.failed == 0, report
     assert burst.statuses[503] > 0 and burst.statuses[200] > 0, report  # it was an overload, and it served
     assert set(burst.retry_after) <= {str(n) for n in range(1, 61)}, burst.retry_after  # 503 says when to retry
-    # Shedding is cheaper than serving, and the accepted requests' wait is bounded (generously).
-    assert burst.p(50, 503) < burst.p(50), report
-    assert burst.p(99) < 10.0, report
-    # Throughput right after the burst is back to normal, and the burst left no memory behind.
-    assert after.rate() > 0.5 * before.rate(), report
+    # The burst left no memory behind. (How fast shedding is, and throughput after against before, are
+    # timings: bench/bench_reliability.py measures and prints them.)
     assert rss_after - rss_before < 100, report
 
 
@@ -112,22 +109,18 @@ def test_sigterm_finishes_queued_requests_refuses_new_connections_and_exits(mode
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             queued = [pool.submit(one, i) for i in range(16)]
             assert wait_until(lambda: pending_images(server.url) >= 16, timeout_s=1.5)
-            signalled = time.monotonic()
             server.signal(signal.SIGTERM)
             # New connections are refused while the queued requests are still waiting.
             refused = wait_until(lambda: _connection_refused(server.port), timeout_s=1.0, interval_s=0.01)
-            refused_after = time.monotonic() - signalled
             still_waiting = sum(not f.done() for f in queued)
             answers = [f.result(timeout=30) for f in queued]
         for client in clients:
             client.close()
-        status = server.wait_exit(timeout_s=30)
-        exited_after = time.monotonic() - signalled
-    assert refused and still_waiting > 0, (refused, refused_after, still_waiting)
+        status = server.wait_exit(timeout_s=30)  # a hang guard, not a measurement
+    assert refused and still_waiting > 0, (refused, still_waiting)
     assert answers == [(200, label) for label in labels[:16]]
     # uvicorn re-raises the signal once it has shut down gracefully: killed by SIGTERM, not an error.
     assert status in (0, -signal.SIGTERM), status
-    assert exited_after < 30
 
 
 def _connection_refused(port: int) -> bool:

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.live_server import LiveServer, install_model, wait_until
+from testkit.live_server import LiveServer, install_model, wait_until
 
 KEY = "reload-test-key"
 AUTH = {"X-API-Key": KEY}

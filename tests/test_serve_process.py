@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.live_server import REPO, free_port, pending_images, start_server, stop_server, wait_ready, wait_until
+from testkit.live_server import REPO, free_port, pending_images, start_server, stop_server, wait_ready, wait_until
 
 
 def test_sigterm_finishes_queued_requests_then_exits(models_dir: Path, mnist_test_sample) -> None:

@@ -16,7 +16,7 @@ from typing import IO
 import numpy as np
 from playwright.sync_api import Page
 
-from tests.live_server import free_port, start_server, stop_server, wait_ready
+from testkit.live_server import free_port, start_server, stop_server, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 INK = 128  # a pixel above this (0..255) is ink to trace

@@ -15,7 +15,7 @@ help:
 	@echo "make test    run the whole test suite"
 	@echo "make train   retrain both shipped models on full MNIST (downloads it if needed)"
 	@echo "make lint    ruff"
-	@echo "make bench   the benchmarks under bench/"
+	@echo "make bench   every benchmark under bench/, quick sizes (BENCH_ARGS= for full size)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,8 +52,10 @@ train-mlp: $(VENV)/.all
 
 train: train-lenet5 train-mlp
 
+# Every benchmark at small sizes (a few minutes): `make bench`; at full size: `make bench BENCH_ARGS=`.
+BENCH_ARGS ?= --quick
 bench: $(VENV)/.all
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -27,7 +27,7 @@ def default_data_dir() -> str | None:
     return None
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", type=float, default=0.99, help="test accuracy to reach (default: %(default)s)")
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1],
@@ -37,17 +37,21 @@ def main() -> int:
                         "(default: %(default)s)")
     parser.add_argument("--data-dir", default=default_data_dir(),
                         help="MNIST IDX files (default: $DIGITS_MNIST_DIR or ../shared/data/mnist)")
-    args = parser.parse_args()
+    parser.add_argument("--no-verify", action="store_true",
+                        help="accept IDX files that are not the official ones, e.g. tests/data/mnist-sample")
+    args = parser.parse_args(argv)
 
     rows = []
     for threads in args.threads:
         with tempfile.TemporaryDirectory() as out:
-            argv = ["train", "--model", "lenet5", "--epochs", str(args.max_epochs), "--lr", "0.003",
+            command = ["train", "--model", "lenet5", "--epochs", str(args.max_epochs), "--lr", "0.003",
                     "--batch-size", "128", "--threads", str(threads), "--seed", "0", "--quiet",
                     "--stop-at-test-accuracy", str(args.target), "--out", out]
             if args.data_dir:
-                argv += ["--data-dir", args.data_dir]
-            cli.main(argv)
+                command += ["--data-dir", args.data_dir]
+            if args.no_verify:
+                command.append("--no-verify")
+            cli.main(command)
             history = json.loads((Path(out) / "metrics.json").read_text())
         last = history[-1]
         reached = last["test_acc"] >= args.target

@@ -24,7 +24,7 @@ import multiprocessing
 import os
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
@@ -295,7 +295,7 @@ def iter_batches(sources: Sequence[Source], options: ReadOptions) -> Iterator[Ba
         offset += yield from reader
 
 
-def _read_idx(source: IdxImages, offset: int, options: ReadOptions) -> Iterator[Batch]:
+def _read_idx(source: IdxImages, offset: int, options: ReadOptions) -> Generator[Batch, None, int]:
     """Read ``batch_size`` images at a time; a truncated or corrupt file is reported where it breaks."""
     path = str(source.path)
     size = options.batch_size
@@ -341,7 +341,7 @@ def _read_idx(source: IdxImages, offset: int, options: ReadOptions) -> Iterator[
     return source.count
 
 
-def _read_csv(source: KaggleCsv, offset: int, options: ReadOptions) -> Iterator[Batch]:
+def _read_csv(source: KaggleCsv, offset: int, options: ReadOptions) -> Generator[Batch, None, int]:
     """Stream the CSV in chunks of ``batch_size`` good rows; bad rows come as errors at their line."""
     path = str(source.path)
     last_line = 1  # the header
@@ -377,7 +377,7 @@ def _folder_label(path: str) -> int:
     return -1
 
 
-def _read_images(source: ImageFiles, offset: int, options: ReadOptions) -> Iterator[Batch]:
+def _read_images(source: ImageFiles, offset: int, options: ReadOptions) -> Generator[Batch, None, int]:
     """Decode (or just read) the files in tasks of TASK_FILES, regrouped into batches of batch_size."""
     paths = source.paths
     tasks = [range(start, min(start + TASK_FILES, len(paths))) for start in range(0, len(paths), TASK_FILES)]

@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from service.settings import Settings
+from testkit.live_server import free_port
 from tests.deploy_helpers import (
     DEPLOY,
     REPO,
@@ -38,7 +39,6 @@ from tests.deploy_helpers import (
     nginx_binary,
     run_load,
 )
-from testkit.live_server import free_port
 
 render = load_script(DEPLOY / "nginx" / "render.py")
 healthcheck = load_script(DEPLOY / "healthcheck.py")

@@ -59,9 +59,13 @@ def load_data(args: argparse.Namespace) -> Data:
         test_source = f"{args.test_fraction:.0%} stratified hold-out of {Path(args.csv).name}"
     else:
         spec = download.DATASETS[args.dataset]
-        kwargs = {"mirrors": args.mirror or None, "verify": not args.no_verify, "progress": not args.quiet}
-        images, labels = download.load_split(args.dataset, "train", args.data_dir, **kwargs)
-        test = download.load_split(args.dataset, "test", args.data_dir, **kwargs)
+        mirrors, verify, progress = args.mirror or None, not args.no_verify, not args.quiet
+        images, labels = download.load_split(
+            args.dataset, "train", args.data_dir, mirrors=mirrors, verify=verify, progress=progress
+        )
+        test = download.load_split(
+            args.dataset, "test", args.data_dir, mirrors=mirrors, verify=verify, progress=progress
+        )
         # The same files again, now all present: their paths, for the data checksum.
         files = download.fetch(args.dataset, args.data_dir, verify=False, download_missing=False)
         class_names, mean, std = spec.class_names, spec.mean, spec.std

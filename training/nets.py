@@ -8,7 +8,7 @@ carries its own normalisation and no client ever normalises.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Literal
 
 import torch
@@ -37,6 +37,9 @@ def _activation(name: str) -> nn.Module:
 
 class Normalize(nn.Module):
     """Raw 0..255 pixels -> (x/255 - mean) / std, folded into one multiply-add."""
+
+    scale: torch.Tensor  # 1 / (255 std), a buffer
+    shift: torch.Tensor  # -mean / std, a buffer
 
     def __init__(self, mean: float, std: float) -> None:
         super().__init__()
@@ -163,7 +166,10 @@ def build_model(arch: str, **kwargs: Any) -> nn.Module:
 
 def model_args(model: nn.Module) -> dict[str, Any]:
     """The config fields of a built model, JSON-ready: enough to rebuild it with build_model."""
-    args = asdict(model.config)  # type: ignore[arg-type]
+    config = model.config
+    if not is_dataclass(config) or isinstance(config, type):
+        raise TypeError(f"{type(model).__name__} has no dataclass config; build it with build_model")
+    args = asdict(config)
     if "hidden" in args:
         args["hidden"] = list(args["hidden"])
     return args

@@ -14,7 +14,7 @@ help:
 	@echo "make serve   start the service on the shipped models (http://$(HOST):$(PORT))"
 	@echo "make test    run the whole test suite"
 	@echo "make train   retrain both shipped models on full MNIST (downloads it if needed)"
-	@echo "make lint    ruff"
+	@echo "make lint    ruff and mypy"
 	@echo "make bench   every benchmark under bench/, quick sizes (BENCH_ARGS= for full size)"
 
 $(BIN)/python:
@@ -38,6 +38,7 @@ test: $(VENV)/.all
 
 lint: $(VENV)/.all
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # The commands that produced the shipped models (see README "Reproducing the models").
 train-lenet5: $(VENV)/.all

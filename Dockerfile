@@ -35,7 +35,7 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md cli.py ./
 COPY service/ service/
-COPY training/ training/
+COPY core/ core/
 COPY clients/ clients/
 # Non-editable install: the package lands in site-packages, so the models folder is set by
 # DIGITS_MODELS_DIR below instead of being found beside the sources.
@@ -65,7 +65,7 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md cli.py ./
 COPY service/ service/
-COPY training/ training/
+COPY core/ core/
 COPY clients/ clients/
 # onnxruntime and onnxruntime-gpu install the same Python module, so the CPU build that the
 # serve extra brings is replaced by the gpu extra's (its version range lives in pyproject.toml).
@@ -100,6 +100,7 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md cli.py ./
 COPY service/ service/
+COPY core/ core/
 COPY training/ training/
 COPY clients/ clients/
 # torch comes from PyTorch's CPU-only index (the default wheel brings gigabytes of CUDA), at the

@@ -40,3 +40,20 @@ def test_core_and_the_download_module_load_without_torch() -> None:
     modules = "core.contract, core.files, core.idx, core.kaggle, core.metrics, core.plots, training.download"
     code = f"import sys, {modules}; sys.exit('torch' in sys.modules or 'matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_the_api_images_carry_core_but_not_training() -> None:
+    stages: dict[str, list[str]] = {}
+    current = ""
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        if line.startswith("FROM "):
+            current = line.split(" AS ")[-1].strip()
+            stages[current] = []
+        elif line.startswith("COPY ") and current:
+            stages[current].append(line)
+    api = {name: copies for name, copies in stages.items() if name.startswith("api")}
+    assert api, "the Dockerfile has no api stage"
+    for name, copies in api.items():
+        assert not any("training/" in line for line in copies), (name, copies)
+        if any("service/" in line for line in copies):
+            assert "COPY core/ core/" in copies, (name, copies)

@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 from tqdm import tqdm
@@ -305,18 +306,39 @@ def _check(spec: DatasetSpec, path: Path) -> str | None:
     return f"checksum {algorithm}:{file_digest(path, algorithm)} does not match the published {expected}"
 
 
-def _fetch_files(
-    spec: DatasetSpec,
-    keys: Sequence[str],
-    data_dir: str | Path | None,
+class FetchOptions(TypedDict, total=False):
+    """The keyword arguments of ``fetch`` that ``load_split`` passes on."""
+
+    cache_dir: str | Path | None
+    mirrors: Sequence[str] | None
+    verify: bool
+    download_missing: bool
+    progress: bool
+    timeout: float
+
+
+def fetch(
+    dataset: str = "mnist",
+    data_dir: str | Path | None = None,
     *,
-    cache_dir: str | Path | None,
-    mirrors: Sequence[str] | None,
-    verify: bool,
-    download_missing: bool,
-    progress: bool,
-    timeout: float,
+    keys: Sequence[str] = FILE_KEYS,
+    cache_dir: str | Path | None = None,
+    mirrors: Sequence[str] | None = None,
+    verify: bool = True,
+    download_missing: bool = True,
+    progress: bool = True,
+    timeout: float = 30.0,
 ) -> dict[str, Path]:
+    """Find the data set's files (``keys``, by default all four); return {FILE_KEYS key: path}.
+
+    ``data_dir`` is a directory the user gave: files there are used (with ``verify`` they must
+    match the published checksum) and nothing is ever written into it. Files it lacks, and all
+    files when it is None, come from ``cache_dir`` (default ``default_data_dir() / dataset``),
+    where missing or corrupt files are downloaded from each mirror in turn, always verified.
+    ``mirrors`` overrides ``$DIGITS_<DATASET>_MIRRORS``, which overrides the spec's list.
+    ``verify=False`` accepts present files unchecked (custom data, the test sample).
+    """
+    spec = _spec(dataset)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_data_dir() / spec.name
     given = Path(data_dir).expanduser() if data_dir is not None else None
     paths: dict[str, Path] = {}
@@ -380,70 +402,19 @@ def _fetch_files(
     return paths
 
 
-def fetch(
-    dataset: str = "mnist",
-    data_dir: str | Path | None = None,
-    *,
-    cache_dir: str | Path | None = None,
-    mirrors: Sequence[str] | None = None,
-    verify: bool = True,
-    download_missing: bool = True,
-    progress: bool = True,
-    timeout: float = 30.0,
-) -> dict[str, Path]:
-    """Find the data set's four files; return {FILE_KEYS key: path}.
-
-    ``data_dir`` is a directory the user gave: files there are used (with ``verify`` they must
-    match the published checksum) and nothing is ever written into it. Files it lacks, and all
-    files when it is None, come from ``cache_dir`` (default ``default_data_dir() / dataset``),
-    where missing or corrupt files are downloaded from each mirror in turn, always verified.
-    ``mirrors`` overrides ``$DIGITS_<DATASET>_MIRRORS``, which overrides the spec's list.
-    ``verify=False`` accepts present files unchecked (custom data, the test sample).
-    """
-    spec = _spec(dataset)
-    return _fetch_files(
-        spec,
-        FILE_KEYS,
-        data_dir,
-        cache_dir=cache_dir,
-        mirrors=mirrors,
-        verify=verify,
-        download_missing=download_missing,
-        progress=progress,
-        timeout=timeout,
-    )
-
 
 def load_split(
-    dataset: str,
-    split: str,
-    data_dir: str | Path | None = None,
-    *,
-    cache_dir: str | Path | None = None,
-    mirrors: Sequence[str] | None = None,
-    verify: bool = True,
-    download_missing: bool = True,
-    progress: bool = True,
+    dataset: str, split: str, data_dir: str | Path | None = None, **options: Unpack[FetchOptions]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 [N, 28, 28], labels uint8 [N]) of the "train" or "test" split.
 
-    Only the split's two files are fetched (see ``fetch`` for the directories and flags).
+    Only the split's two files are fetched (see ``fetch`` for the directories and options).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     spec = _spec(dataset)
     keys = (f"{split}_images", f"{split}_labels")
-    paths = _fetch_files(
-        spec,
-        keys,
-        data_dir,
-        cache_dir=cache_dir,
-        mirrors=mirrors,
-        verify=verify,
-        download_missing=download_missing,
-        progress=progress,
-        timeout=30.0,
-    )
+    paths = fetch(dataset, data_dir, keys=keys, **options)
     images = load_idx_images(paths[keys[0]])
     labels = load_idx_labels(paths[keys[1]], num_classes=len(spec.class_names))
     if len(images) != len(labels):

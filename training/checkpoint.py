@@ -77,6 +77,37 @@ class RunState:
     best: dict[str, Any]  # {"val_acc": best score so far, "epoch": its epoch}
     epoch: int  # the last finished epoch
 
+    @classmethod
+    def capture(
+        cls,
+        net: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: torch.optim.lr_scheduler.LRScheduler,
+        generator: torch.Generator,
+        history: list[dict[str, float]],
+        best: dict[str, Any],
+        epoch: int,
+    ) -> RunState:
+        """The state at the end of ``epoch``."""
+        return cls(
+            net.state_dict(), optimizer.state_dict(), schedule.state_dict(), generator.get_state(),
+            torch.get_rng_state(), history, best, epoch,
+        )
+
+    def restore(
+        self,
+        net: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: torch.optim.lr_scheduler.LRScheduler,
+        generator: torch.Generator,
+    ) -> None:
+        """Put the saved weights, optimiser, schedule and random states back into these objects."""
+        net.load_state_dict(self.model)
+        optimizer.load_state_dict(self.optimizer)
+        schedule.load_state_dict(self.schedule)
+        generator.set_state(self.generator)
+        torch.set_rng_state(self.torch_rng)
+
     def save(self, path: str | Path) -> None:
         _save(dict(vars(self)), Path(path))
 

@@ -217,6 +217,18 @@ def _dry_run_data(data: Data, batch_size: int) -> Data:
     return data
 
 
+def run_info(args: argparse.Namespace, data: Data, command: str) -> dict[str, Any]:
+    """What the checkpoint and the ONNX metadata record about this run."""
+    return {
+        "arch": args.model,
+        "name": args.name or args.model,
+        "dataset": args.dataset if args.dataset != "kaggle" else f"kaggle:{Path(args.csv).name}",
+        "train_data_sha256": data.digest,
+        "class_names": list(data.class_names),
+        "training_command": command,
+    }
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run one training; returns the results written to results.json."""
     run_dir: Path = args.out
@@ -256,22 +268,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     start_epoch = 1
     if args.resume:
         state = RunState.load(args.resume)
-        net.load_state_dict(state.model)
-        optimizer.load_state_dict(state.optimizer)
-        schedule.load_state_dict(state.schedule)
-        generator.set_state(state.generator)
-        torch.set_rng_state(state.torch_rng)
+        state.restore(net, optimizer, schedule, generator)
         history, best, start_epoch = state.history, state.best, state.epoch + 1
         log.info("resumed from %s at epoch %d", args.resume, start_epoch)
 
-    info = {
-        "arch": args.model,
-        "name": args.name or args.model,
-        "dataset": args.dataset if args.dataset != "kaggle" else f"kaggle:{Path(args.csv).name}",
-        "train_data_sha256": data.digest,
-        "class_names": list(data.class_names),
-        "training_command": command,
-    }
+    info = run_info(args, data, command)
     stale = 0 if not history else history[-1]["epoch"] - best["epoch"]
     started = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
     for epoch in range(start_epoch, epochs + 1):
@@ -309,10 +310,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             row["elapsed_s"], " *best*" if improved else "",
         )
         _write_metrics(run_dir, history)
-        RunState(
-            net.state_dict(), optimizer.state_dict(), schedule.state_dict(), generator.get_state(),
-            torch.get_rng_state(), history, best, epoch,
-        ).save(run_dir / "last.pt")
+        RunState.capture(net, optimizer, schedule, generator, history, best, epoch).save(run_dir / "last.pt")
         if args.stop_at_test_accuracy is not None and row["test_acc"] >= args.stop_at_test_accuracy:
             log.info("test accuracy %.4f reached the target %.4f after %.1f s", row["test_acc"],
                      args.stop_at_test_accuracy, row["elapsed_s"])

@@ -30,7 +30,8 @@ from clients.pipeline import Prefetcher, ordered_map
 from clients.sources import ReadOptions, iter_batches, plan_inputs
 from core.idx import write_idx
 from core.kaggle import write_kaggle_csv, write_kaggle_submission
-from tests.conftest import REPO, SAMPLE_DIR, Score
+from testkit.data import SAMPLE_DIR
+from tests.conftest import REPO, Score
 
 IDX_IMAGES = SAMPLE_DIR / "t10k-images-idx3-ubyte.gz"
 IDX_LABELS = SAMPLE_DIR / "t10k-labels-idx1-ubyte.gz"

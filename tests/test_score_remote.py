@@ -22,7 +22,8 @@ from clients.remote import RetryPolicy, parse_retry_after
 from core.kaggle import write_kaggle_csv
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import SAMPLE_DIR, Score
+from testkit.data import SAMPLE_DIR
+from tests.conftest import Score
 
 IDX_IMAGES = SAMPLE_DIR / "t10k-images-idx3-ubyte.gz"
 IDX_LABELS = SAMPLE_DIR / "t10k-labels-idx1-ubyte.gz"

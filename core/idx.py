@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.contract import IMAGE_SIDE
 from core.files import DataError, atomic_write
 
 
@@ -151,7 +152,7 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
 def load_idx_images(path: str | Path) -> np.ndarray:
     """Read an IDX image file: uint8 [N, 28, 28]."""
     images = load_idx(path)
-    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
         raise IdxFormatError(
             f"{path}: holds a {images.dtype} array of shape {images.shape}; expected uint8 images of "
             f"shape (N, 28, 28) (IDX magic {IDX_IMAGES_MAGIC}); is this a labels file or another data set?"

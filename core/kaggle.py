@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from core.contract import IMAGE_PIXELS, IMAGE_SIDE
 from core.files import DataError, atomic_write
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class CsvFormatError(DataError):
 
 # --------------------------------------------------------------------------- reading
 
-KAGGLE_PIXELS = 784
+KAGGLE_PIXELS = IMAGE_PIXELS  # 784 pixel columns
 _TEST_HEADER = ",".join(f"pixel{i}" for i in range(KAGGLE_PIXELS))
 _TRAIN_HEADER = "label," + _TEST_HEADER
 _HEADER_HINT = (
@@ -305,7 +306,7 @@ class _ChunkBuffer:
 
     def _chunk(self, rows: _Rows, errors: list[RowError]) -> KaggleChunk:
         self.emitted = True
-        return KaggleChunk(rows.images.reshape(-1, 28, 28), rows.labels, rows.lines, errors)
+        return KaggleChunk(rows.images.reshape(-1, IMAGE_SIDE, IMAGE_SIDE), rows.labels, rows.lines, errors)
 
     def full_chunks(self) -> Iterator[KaggleChunk]:
         # Strictly more than chunk_rows: the final chunk is never empty unless the file has no rows.
@@ -455,7 +456,7 @@ def write_kaggle_csv(path: str | Path, images: np.ndarray, labels: np.ndarray | 
     """Write images (uint8 [N, 28, 28] or [N, 784]) as a Kaggle CSV: train.csv form when labels are given."""
     path = Path(path)
     images = np.asarray(images)
-    if not (images.ndim == 3 and images.shape[1:] == (28, 28)) and not (
+    if not (images.ndim == 3 and images.shape[1:] == (IMAGE_SIDE, IMAGE_SIDE)) and not (
         images.ndim == 2 and images.shape[1] == KAGGLE_PIXELS
     ):
         raise ValueError(f"images must have shape (N, 28, 28) or (N, 784), got {images.shape}")

@@ -233,7 +233,8 @@ def test_load_split_with_verification_rejects_the_sample_as_not_official() -> No
     message = str(info.value)
     assert "t10k-images-idx3-ubyte.gz" in message
     assert DATASETS["mnist"].checksums["t10k-images-idx3-ubyte.gz"] in message
-    assert "verify=False" in message
+    assert "a valid IDX file of 1,000 images, but not the official mnist file" in message
+    assert "add --no-verify" in message
 
 
 def test_load_split_only_needs_the_files_of_its_split(tmp_path: Path) -> None:

@@ -174,7 +174,7 @@ def test_a_corrupt_cached_file_without_downloads_is_a_checksum_error(
         fetch("mnist", cache_dir=cache, download_missing=False)
     message = str(info.value)
     assert str(cache / "train-labels-idx1-ubyte.gz") in message
-    assert "delete it so it is downloaded again, or pass verify=False" in message
+    assert "delete it so it is downloaded again, or pass --no-verify" in message
     # verify=False accepts whatever is there (custom data), without asking any server.
     count = len(server.requests)
     fetch("mnist", cache_dir=cache, verify=False, mirrors=[server.url("good")], progress=False, timeout=TIMEOUT)

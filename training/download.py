@@ -360,7 +360,7 @@ def fetch(
         if described is not None:
             raise ChecksumError(
                 f"{path}: {described}, but not the official {spec.name} file ({problem}). "
-                "To train on it as it is, add --no-verify (verify=False)."
+                "To train on it as it is, add --no-verify."
             )
         logger.warning("%s is corrupt (%s); using the official file from the cache %s instead", path, problem, cache)
         wanted.append(key)
@@ -381,7 +381,7 @@ def fetch(
         if not download_missing:
             raise ChecksumError(
                 f"{path}: {problem}; the file is corrupt or a different version: delete it so it is downloaded "
-                "again, or pass verify=False (--no-verify) if it is deliberately custom data"
+                "again, or pass --no-verify (verify=False) if it is deliberately custom data"
             )
         logger.warning("%s: %s; downloading it again", path, problem)
         corrupt.append(key)

@@ -32,7 +32,8 @@ def _seconds_per_run(session: ort.InferenceSession, batch: np.ndarray, min_secon
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["lenet5", "mlp"], help="models/NAME.onnx (default: %(default)s)")
+    parser.add_argument("--models", nargs="+", default=["lenet5", "mlp"],
+                        help="models/NAME.onnx to compare (default: %(default)s)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64, 1024],
                         help="batch sizes to time (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=1.0, help="seconds per timing (default: %(default)s)")

@@ -16,6 +16,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from core.contract import IMAGE_SHAPE, INPUT_NAME
+from service.runtime import CUDA_OPTIONS
+from testkit.data import load_mnist
+
 REPO = Path(__file__).resolve().parents[1]
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
@@ -44,19 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"this onnxruntime build has no {CUDA} (available: {ort.get_available_providers()}); "
               "install onnxruntime-gpu on a machine with a GPU", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(REPO))
-    from training import datasets
-
-    images, labels = datasets.load_split("mnist", "test", args.data_dir, verify=False, download_missing=False)
-    pixels = images.reshape(-1, 1, 28, 28).astype(np.float32)  # raw 0-255, as the contract says
-    from service.runtime import CUDA_OPTIONS
+    images, labels = load_mnist(args.data_dir, "test")
+    pixels = images.reshape(-1, *IMAGE_SHAPE).astype(np.float32)  # raw 0-255, as the contract says
 
     for model in args.models:
         path = str(REPO / "models" / f"{model}.onnx")
         cpu = ort.InferenceSession(path, providers=[CPU])
         gpu = ort.InferenceSession(path, providers=[(CUDA, CUDA_OPTIONS), CPU])
-        p_cpu = cpu.run(["probabilities"], {"pixels": pixels})[0]
-        p_gpu = gpu.run(["probabilities"], {"pixels": pixels})[0]
+        p_cpu = cpu.run(["probabilities"], {INPUT_NAME: pixels})[0]
+        p_gpu = gpu.run(["probabilities"], {INPUT_NAME: pixels})[0]
         print(f"{model} on {gpu.get_providers()[0]}: {len(pixels)} images, argmax agreement "
               f"{np.mean(p_cpu.argmax(1) == p_gpu.argmax(1)):.4f}, max |dp| {np.abs(p_cpu - p_gpu).max():.1e}, "
               f"accuracy cpu {np.mean(p_cpu.argmax(1) == labels):.4f} cuda {np.mean(p_gpu.argmax(1) == labels):.4f}")

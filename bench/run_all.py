@@ -37,7 +37,7 @@ class Bench:
     name: str  # the module bench.bench_<name>
     quick: tuple[str, ...]  # arguments of the quick mode
     full: tuple[str, ...] = ()  # arguments of a full run
-    needs: str | None = None  # a program that must be on PATH
+    needs: str | None = None  # a program that must be on PATH, or "cuda" for ONNX Runtime's CUDA provider
 
 
 def benches(mnist: Path | None) -> list[Bench]:
@@ -51,7 +51,21 @@ def benches(mnist: Path | None) -> list[Bench]:
         Bench("reliability", ("--duration", "2", "--only", "small")),
         Bench("train", ("--max-epochs", "1", "--target", "0.3", "--threads", "1", "--data-dir", str(SAMPLE),
                         "--no-verify")),
+        Bench("devices", ("--batch-sizes", "1", "64"), needs="cuda"),
     ]
+
+
+def missing(need: str | None) -> str | None:
+    """Why a benchmark cannot run here, or None."""
+    if need == "cuda":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            return "no CUDA execution provider (pip install -e '.[serve,gpu]' on a machine with a GPU)"
+        return None
+    if need and shutil.which(need) is None:
+        return f"{need} is not installed (apt-get install {need})"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     for bench in benches(mnist):
         if bench.name not in args.only:
             continue
-        if bench.needs and shutil.which(bench.needs) is None:
-            print(f"\n=== bench_{bench.name}: skipped, {bench.needs} is not installed (apt-get install {bench.needs})")
+        reason = missing(bench.needs)
+        if reason:
+            print(f"\n=== bench_{bench.name}: skipped, {reason}")
             outcomes.append((bench.name, "skipped", 0.0))
             continue
         command = [sys.executable, "-m", f"bench.bench_{bench.name}", *(bench.quick if args.quick else bench.full)]

@@ -374,6 +374,21 @@ def test_compose_file_is_valid(compose: str) -> None:
         assert done.returncode == 0, f"{profile}: {done.stderr}"
 
 
+def _duration_s(value: Any) -> float:
+    """A compose duration: docker-compose config prints `25s` or a number of seconds."""
+    return _seconds(value) if isinstance(value, str) else float(value)
+
+
+def test_compose_replicas_drain_within_their_grace_period(compose: str) -> None:
+    for env in ({}, {"DIGITS_SHUTDOWN_DRAIN_S": "5"}):
+        services = _compose_config(compose, "--profile", "gpu", env=env)["services"]
+        for name in ("api", "api-gpu"):
+            drain = float(services[name]["environment"]["DIGITS_SHUTDOWN_DRAIN_S"])
+            assert drain == float(env.get("DIGITS_SHUTDOWN_DRAIN_S", 3))
+            assert _duration_s(services[name]["stop_grace_period"]) > \
+                drain + SERVICE_DEFAULTS["request_timeout_s"] + 5
+
+
 def test_compose_replicas_and_limits_come_from_the_environment(compose: str) -> None:
     default = _compose_config(compose)["services"]
     assert default["api"]["deploy"]["replicas"] == 3
@@ -401,9 +416,13 @@ def test_compose_wiring(compose: str) -> None:
         assert placeholders <= set(services[lb]["environment"]), placeholders - set(services[lb]["environment"])
         assert any(v.endswith(":/etc/nginx/templates/default.conf.template:ro") and str(TEMPLATE) in v
                    for v in services[lb]["volumes"])
-    # Profiles.
+    # Profiles. The GPU image is the same `api` stage on NVIDIA's base with onnxruntime-gpu.
     assert services["api-gpu"]["profiles"] == ["gpu"]
     assert services["api-gpu"]["environment"]["DIGITS_DEVICE"] == "cuda"
+    gpu_build = _compose_config(compose, "--profile", "gpu")["services"]["api-gpu"]["build"]
+    assert gpu_build["target"] == "api"
+    assert gpu_build["args"]["ONNXRUNTIME"] == "gpu" and gpu_build["args"]["DEVICE"] == "cuda"
+    assert gpu_build["args"]["PYTHON_IMAGE"].startswith("nvidia/cuda:")
     device = services["api-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert services["prometheus"]["profiles"] == ["monitoring"]
@@ -459,26 +478,38 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 
 
 def test_dockerfile_targets_and_serving_images() -> None:
-    stages = _stages((REPO / "Dockerfile").read_text())
-    assert list(stages)[-1] == "api", "the default target (last stage) should be the CPU serving image"
+    dockerfile = (REPO / "Dockerfile").read_text()
+    stages = _stages(dockerfile)
+    assert list(stages)[-1] == "api", "the default target (last stage) should be the serving image"
     services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
     targets = {s["build"]["target"] for s in services.values() if "build" in s}
-    assert targets == {"api", "api-gpu", "train"} and targets <= set(stages)
+    assert targets == {"api", "train"} and targets <= set(stages)
+    # One serving stage; CPU or GPU is a matter of build arguments, each declared where it is used.
+    assert [name for name in stages if name.startswith("api")] == ["api-build", "api"]
+    assert re.search(r"(?m)^FROM \$\{PYTHON_IMAGE\} AS python-base$", dockerfile)
+    for stage, args in (("api-build", {"ONNXRUNTIME", "PIP_CERT"}), ("api", {"DEVICE"})):
+        declared = {line.split()[1].split("=")[0] for line in stages[stage] if line.startswith("ARG ")}
+        assert args <= declared, f"{stage} should declare {args - declared}"
+    for gpu_arg in services["api-gpu"]["build"]["args"]:
+        assert re.search(rf"(?m)^ARG {gpu_arg}\b", dockerfile), f"compose passes {gpu_arg}, no such ARG"
 
-    for name in ("api", "api-gpu"):
-        lines = stages[name]
-        assert any(re.fullmatch(r"USER 10001:10001", line) for line in lines), f"{name} must run as uid 10001"
-        assert any(line.startswith("HEALTHCHECK") and "deploy/healthcheck.py" in line for line in lines)
-        assert any(line.startswith("COPY models/ /app/models/") for line in lines)
-        assert any("DIGITS_MODELS_DIR=/app/models" in line for line in lines)
-        assert lines[-1] == 'CMD ["digits", "serve"]'
+    lines = stages["api"]
+    assert any(re.fullmatch(r"USER 10001:10001", line) for line in lines), "api must run as uid 10001"
+    assert any(line.startswith("HEALTHCHECK") and "deploy/healthcheck.py" in line for line in lines)
+    assert any(line.startswith("COPY models/ /app/models/") for line in lines)
+    assert any("DIGITS_MODELS_DIR=/app/models" in line and "DIGITS_DEVICE=${DEVICE}" in line for line in lines)
+    assert lines[-1] == 'CMD ["digits", "serve"]'
+    # The serving image is built from the torch-free packages only: no training code, no torch.
+    copied = {line.split()[1] for line in stages["api-build"] if line.startswith("COPY ")}
+    assert {"core/", "service/", "clients/"} <= copied and "training/" not in copied
+    assert any('pip install ".[serve]"' in line and "'torch', 'matplotlib', 'training'" in line
+               for line in stages["api-build"])
     # torch only ever enters the training image, and only pinned.
-    for name, lines in stages.items():
-        mentions = [line for line in lines if re.search(r"pip install[^&]*torch", line)]
+    for name, stage_lines in stages.items():
+        mentions = [line for line in stage_lines if re.search(r"pip install[^&]*torch", line)]
         if name != "train-build":
             assert not mentions, f"stage {name} installs torch"
     assert any("--index-url" in line and "torch_pin" in line for line in stages["train-build"])
-    assert any('pip install ".[serve]"' in line for line in stages["api-build"])
 
 
 def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_heavy() -> None:
@@ -563,8 +594,11 @@ def test_k8s_manifests_fit_together_and_fit_the_service() -> None:
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert pod["spec"]["securityContext"]["runAsUser"] == 10001
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    # Shutdown takes the preStop pause plus the longest request.
-    assert pod["spec"]["terminationGracePeriodSeconds"] > 5 + settings.request_timeout_s
+    # Shutdown: the drain, then uvicorn finishes the longest request (its graceful timeout is the
+    # request timeout plus 5 s), all within the grace period; no preStop pause delays the drain.
+    assert settings.shutdown_drain_s > 0
+    assert pod["spec"]["terminationGracePeriodSeconds"] > settings.shutdown_drain_s + settings.request_timeout_s + 5
+    assert "preStop" not in container.get("lifecycle", {})
 
     # Service and autoscaler point at these pods.
     labels = pod["metadata"]["labels"]

@@ -42,6 +42,7 @@ from tests.live_server import free_port
 
 render = load_script(DEPLOY / "nginx" / "render.py")
 healthcheck = load_script(DEPLOY / "healthcheck.py")
+podman_compose = load_script(DEPLOY / "podman" / "compose.py")
 
 TEMPLATE = DEPLOY / "nginx" / "digits.conf.template"
 K8S_DIR = DEPLOY / "k8s"
@@ -441,6 +442,48 @@ def test_prometheus_scrapes_every_replica_of_the_compose_services(compose: str) 
     assert all(sd["type"] == "A" for sd in job["dns_sd_configs"])
     assert discovered == {"api": 8000, "api-gpu": 8000}
     assert set(discovered) <= set(services)
+
+
+# --------------------------------------------------------------------------- deploy/podman/compose.py
+
+
+def test_podman_translation_follows_the_compose_file(tmp_path: Path) -> None:
+    """The plain podman commands carry what docker-compose.yml says of the replicas and nginx."""
+    compose_yml = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    default = podman_compose.read_topology({})
+    assert default.replicas == 3
+    assert default.models_dir == REPO / "models"
+    assert default.stop_timeout_s == _seconds(compose_yml["api"]["stop_grace_period"])
+    assert default.api_env["DIGITS_SHUTDOWN_DRAIN_S"] == "3"
+    assert default.max_body_bytes == SERVICE_DEFAULTS["max_body_bytes"]
+
+    topology = podman_compose.read_topology({"DIGITS_REPLICAS": "2", "DIGITS_API_KEY": "k", "MODELS_DIR": str(tmp_path),
+                                             "DIGITS_SHUTDOWN_DRAIN_S": "7", "NGINX_PROXY_TIMEOUT": "20s"})
+    assert topology.replicas == 2 and topology.models_dir == tmp_path
+    assert topology.api_env["DIGITS_API_KEY"] == "k" and topology.api_env["DIGITS_SHUTDOWN_DRAIN_S"] == "7"
+    assert "DIGITS_WORKERS" not in topology.api_env, "an unset pass-through variable must stay unset"
+    commands = podman_compose.api_commands(topology, "digits:test", 9001)
+    assert [c[c.index("--name") + 1] for c in commands] == ["digits-api-1", "digits-api-2"]
+    for command, port in zip(commands, (9001, 9002), strict=True):
+        assert command[-1] == "digits:test"
+        assert command[command.index("--network") + 1] == "host"
+        assert command[command.index("--stop-timeout") + 1] == str(topology.stop_timeout_s)
+        assert f"{tmp_path}:/app/models:ro" in command
+        env = {command[i + 1] for i, arg in enumerate(command) if arg == "--env"}
+        assert {"DIGITS_HOST=127.0.0.1", f"DIGITS_PORT={port}", "DIGITS_API_KEY=k"} <= env
+    conf = podman_compose.render_nginx(topology, 9001, 9100)
+    assert [v.split()[0] for v in _directive(conf, "server")] == ["127.0.0.1:9001", "127.0.0.1:9002"]
+    assert _directive(conf, "listen") == ["127.0.0.1:9100"]
+    assert _directive(conf, "proxy_read_timeout") == ["20s"]
+
+
+def test_podman_translation_refuses_what_it_cannot_run(tmp_path: Path) -> None:
+    broken = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    broken["x-api"]["volumes"] = []
+    broken["services"]["api"]["volumes"] = []
+    (tmp_path / "docker-compose.yml").write_text(yaml.safe_dump(broken))
+    with pytest.raises(podman_compose.ComposeError, match="/app/models"):
+        podman_compose.read_topology({}, tmp_path / "docker-compose.yml")
 
 
 # --------------------------------------------------------------------------- Dockerfile and .dockerignore

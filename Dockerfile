@@ -17,8 +17,8 @@
 # 200, and is configured with DIGITS_* variables (see the README's settings table).
 # Only the files named in the COPY lines below are sent to the builder (.dockerignore).
 # Behind a TLS-intercepting proxy, mount its CA bundle for the build and name it in PIP_CERT:
-#   --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
-#   --build-arg PIP_CERT=/etc/ssl/certs/ca-certificates.crt     (podman/buildah; see deploy/README.md)
+#   --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/host-ca-bundle.crt:ro \
+#   --build-arg PIP_CERT=/etc/ssl/certs/host-ca-bundle.crt     (podman/buildah; see deploy/README.md)
 
 ARG PYTHON_IMAGE=python:3.11-slim
 

@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from service import api, repository, v2, web
+from service.drain import Drain
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import ServiceMiddleware
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
     registry = ModelRegistry(settings, metrics)
+    drain = Drain(settings.shutdown_drain_s, registry.status)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,7 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loop.add_signal_handler(signal.SIGHUP, on_sighup)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests) or no SIGHUP
             log.debug("SIGHUP reload not available in this process")
+        drain.install(loop)  # SIGTERM drains first when DIGITS_SHUTDOWN_DRAIN_S > 0
         yield
+        drain.uninstall()
         log.info("shutting down: finishing queued requests")
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(signal.SIGHUP)
@@ -79,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
+    app.state.drain = drain
     install_error_handlers(app)
     app.include_router(api.router)
     app.include_router(v2.router)
@@ -88,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: limits, auth and metrics see every request, before any body is read, and CORS
     # wraps them: a browser's preflight carries no key (it must not get 401), and a 401 or 413 needs
     # the CORS headers for the page that sent the request to read it.
-    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics,
+    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics, drain=drain,
                        api_key=settings.api_key.get_secret_value() if settings.api_key else None)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

@@ -6,6 +6,8 @@
 * with an API key configured, refuses requests to protected routes without the right key (401),
   before any body is read (see :mod:`service.security`);
 * adds the security headers to every answer;
+* while the process drains before stopping (:mod:`service.drain`), answers ``/readyz`` with 503
+  and closes every connection after its response;
 * records every request's route, status and latency in the Prometheus metrics.
 """
 
@@ -18,7 +20,10 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import security
+from service.drain import Drain
 from service.metrics import Metrics
+
+CLOSE = (b"connection", b"close")
 
 
 class BodyTooLargeError(Exception):
@@ -37,8 +42,10 @@ async def _send_json(send: Send, status: int, body: dict[str, Any], headers: lis
 
 
 class ServiceMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics, api_key: str | None) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics, api_key: str | None,
+                 drain: Drain | None = None) -> None:
         self.app = app
+        self.drain = drain
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
         self.api_key = api_key.encode() if api_key else None
@@ -51,6 +58,12 @@ class ServiceMiddleware:
         path = security.route_path(scope)
         extra = security.response_headers(path)
         limit = self.max_body_bytes
+        if self.drain is not None and self.drain.draining:
+            extra = [*extra, CLOSE]
+            if path == "/readyz":
+                await _send_json(send, 503, self.drain.readiness(), extra)
+                self._record(scope, 503, started)
+                return
 
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -104,7 +117,7 @@ class ServiceMiddleware:
 
     async def _too_large(self, send: Send, extra: list[tuple[bytes, bytes]]) -> None:
         message = f"request body exceeds the {self.max_body_bytes:,}-byte limit; send fewer or smaller images"
-        await _send_json(send, 413, {"detail": message, "error": message}, [(b"connection", b"close"), *extra])
+        await _send_json(send, 413, {"detail": message, "error": message}, extra if CLOSE in extra else [CLOSE, *extra])
 
     def _record(self, scope: Scope, status: int, started: float) -> None:
         route = scope.get("route")

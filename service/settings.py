@@ -22,6 +22,10 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, description="uvicorn worker processes, each with its own models and batchers")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
     access_log: bool = Field(False, description="log every request (costs about 15% throughput)")
+    shutdown_drain_s: float = Field(
+        0.0, ge=0, description="on SIGTERM, answer /readyz with 503 and close every connection after its "
+                               "response for this long before stopping (behind a load balancer: 5 to 15)"
+    )
 
     # Models.
     models_dir: Path = Field(REPO_MODELS_DIR, description="folder holding manifest.json and the ONNX files")

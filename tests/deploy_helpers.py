@@ -71,6 +71,7 @@ class Replica:
     models_dir: Path
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    settings: dict[str, str] = field(default_factory=dict)  # more DIGITS_* variables for this replica
 
     @property
     def address(self) -> str:
@@ -83,7 +84,7 @@ class Replica:
     def start(self) -> None:
         # The service's settings come from DIGITS_* only: drop the caller's, pin a quiet, 1-thread replica.
         env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITS_")}
-        env.update(DIGITS_INTRA_OP_THREADS="1", DIGITS_LOG_LEVEL="warning")
+        env.update(DIGITS_INTRA_OP_THREADS="1", DIGITS_LOG_LEVEL="warning", **self.settings)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),

@@ -42,6 +42,7 @@ from tests.deploy_helpers import (
 
 render = load_script(DEPLOY / "nginx" / "render.py")
 healthcheck = load_script(DEPLOY / "healthcheck.py")
+podman_compose = load_script(DEPLOY / "podman" / "compose.py")
 
 TEMPLATE = DEPLOY / "nginx" / "digits.conf.template"
 K8S_DIR = DEPLOY / "k8s"
@@ -374,6 +375,21 @@ def test_compose_file_is_valid(compose: str) -> None:
         assert done.returncode == 0, f"{profile}: {done.stderr}"
 
 
+def _duration_s(value: Any) -> float:
+    """A compose duration: docker-compose config prints `25s` or a number of seconds."""
+    return _seconds(value) if isinstance(value, str) else float(value)
+
+
+def test_compose_replicas_drain_within_their_grace_period(compose: str) -> None:
+    for env in ({}, {"DIGITS_SHUTDOWN_DRAIN_S": "5"}):
+        services = _compose_config(compose, "--profile", "gpu", env=env)["services"]
+        for name in ("api", "api-gpu"):
+            drain = float(services[name]["environment"]["DIGITS_SHUTDOWN_DRAIN_S"])
+            assert drain == float(env.get("DIGITS_SHUTDOWN_DRAIN_S", 3))
+            assert _duration_s(services[name]["stop_grace_period"]) > \
+                drain + SERVICE_DEFAULTS["request_timeout_s"] + 5
+
+
 def test_compose_replicas_and_limits_come_from_the_environment(compose: str) -> None:
     default = _compose_config(compose)["services"]
     assert default["api"]["deploy"]["replicas"] == 3
@@ -401,9 +417,13 @@ def test_compose_wiring(compose: str) -> None:
         assert placeholders <= set(services[lb]["environment"]), placeholders - set(services[lb]["environment"])
         assert any(v.endswith(":/etc/nginx/templates/default.conf.template:ro") and str(TEMPLATE) in v
                    for v in services[lb]["volumes"])
-    # Profiles.
+    # Profiles. The GPU image is the same `api` stage on NVIDIA's base with onnxruntime-gpu.
     assert services["api-gpu"]["profiles"] == ["gpu"]
     assert services["api-gpu"]["environment"]["DIGITS_DEVICE"] == "cuda"
+    gpu_build = _compose_config(compose, "--profile", "gpu")["services"]["api-gpu"]["build"]
+    assert gpu_build["target"] == "api"
+    assert gpu_build["args"]["ONNXRUNTIME"] == "gpu" and gpu_build["args"]["DEVICE"] == "cuda"
+    assert gpu_build["args"]["PYTHON_IMAGE"].startswith("nvidia/cuda:")
     device = services["api-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert services["prometheus"]["profiles"] == ["monitoring"]
@@ -422,6 +442,48 @@ def test_prometheus_scrapes_every_replica_of_the_compose_services(compose: str) 
     assert all(sd["type"] == "A" for sd in job["dns_sd_configs"])
     assert discovered == {"api": 8000, "api-gpu": 8000}
     assert set(discovered) <= set(services)
+
+
+# --------------------------------------------------------------------------- deploy/podman/compose.py
+
+
+def test_podman_translation_follows_the_compose_file(tmp_path: Path) -> None:
+    """The plain podman commands carry what docker-compose.yml says of the replicas and nginx."""
+    compose_yml = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    default = podman_compose.read_topology({})
+    assert default.replicas == 3
+    assert default.models_dir == REPO / "models"
+    assert default.stop_timeout_s == _seconds(compose_yml["api"]["stop_grace_period"])
+    assert default.api_env["DIGITS_SHUTDOWN_DRAIN_S"] == "3"
+    assert default.max_body_bytes == SERVICE_DEFAULTS["max_body_bytes"]
+
+    topology = podman_compose.read_topology({"DIGITS_REPLICAS": "2", "DIGITS_API_KEY": "k", "MODELS_DIR": str(tmp_path),
+                                             "DIGITS_SHUTDOWN_DRAIN_S": "7", "NGINX_PROXY_TIMEOUT": "20s"})
+    assert topology.replicas == 2 and topology.models_dir == tmp_path
+    assert topology.api_env["DIGITS_API_KEY"] == "k" and topology.api_env["DIGITS_SHUTDOWN_DRAIN_S"] == "7"
+    assert "DIGITS_WORKERS" not in topology.api_env, "an unset pass-through variable must stay unset"
+    commands = podman_compose.api_commands(topology, "digits:test", 9001)
+    assert [c[c.index("--name") + 1] for c in commands] == ["digits-api-1", "digits-api-2"]
+    for command, port in zip(commands, (9001, 9002), strict=True):
+        assert command[-1] == "digits:test"
+        assert command[command.index("--network") + 1] == "host"
+        assert command[command.index("--stop-timeout") + 1] == str(topology.stop_timeout_s)
+        assert f"{tmp_path}:/app/models:ro" in command
+        env = {command[i + 1] for i, arg in enumerate(command) if arg == "--env"}
+        assert {"DIGITS_HOST=127.0.0.1", f"DIGITS_PORT={port}", "DIGITS_API_KEY=k"} <= env
+    conf = podman_compose.render_nginx(topology, 9001, 9100)
+    assert [v.split()[0] for v in _directive(conf, "server")] == ["127.0.0.1:9001", "127.0.0.1:9002"]
+    assert _directive(conf, "listen") == ["127.0.0.1:9100"]
+    assert _directive(conf, "proxy_read_timeout") == ["20s"]
+
+
+def test_podman_translation_refuses_what_it_cannot_run(tmp_path: Path) -> None:
+    broken = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    broken["x-api"]["volumes"] = []
+    broken["services"]["api"]["volumes"] = []
+    (tmp_path / "docker-compose.yml").write_text(yaml.safe_dump(broken))
+    with pytest.raises(podman_compose.ComposeError, match="/app/models"):
+        podman_compose.read_topology({}, tmp_path / "docker-compose.yml")
 
 
 # --------------------------------------------------------------------------- Dockerfile and .dockerignore
@@ -459,26 +521,38 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 
 
 def test_dockerfile_targets_and_serving_images() -> None:
-    stages = _stages((REPO / "Dockerfile").read_text())
-    assert list(stages)[-1] == "api", "the default target (last stage) should be the CPU serving image"
+    dockerfile = (REPO / "Dockerfile").read_text()
+    stages = _stages(dockerfile)
+    assert list(stages)[-1] == "api", "the default target (last stage) should be the serving image"
     services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
     targets = {s["build"]["target"] for s in services.values() if "build" in s}
-    assert targets == {"api", "api-gpu", "train"} and targets <= set(stages)
+    assert targets == {"api", "train"} and targets <= set(stages)
+    # One serving stage; CPU or GPU is a matter of build arguments, each declared where it is used.
+    assert [name for name in stages if name.startswith("api")] == ["api-build", "api"]
+    assert re.search(r"(?m)^FROM \$\{PYTHON_IMAGE\} AS python-base$", dockerfile)
+    for stage, args in (("api-build", {"ONNXRUNTIME", "PIP_CERT"}), ("api", {"DEVICE"})):
+        declared = {line.split()[1].split("=")[0] for line in stages[stage] if line.startswith("ARG ")}
+        assert args <= declared, f"{stage} should declare {args - declared}"
+    for gpu_arg in services["api-gpu"]["build"]["args"]:
+        assert re.search(rf"(?m)^ARG {gpu_arg}\b", dockerfile), f"compose passes {gpu_arg}, no such ARG"
 
-    for name in ("api", "api-gpu"):
-        lines = stages[name]
-        assert any(re.fullmatch(r"USER 10001:10001", line) for line in lines), f"{name} must run as uid 10001"
-        assert any(line.startswith("HEALTHCHECK") and "deploy/healthcheck.py" in line for line in lines)
-        assert any(line.startswith("COPY models/ /app/models/") for line in lines)
-        assert any("DIGITS_MODELS_DIR=/app/models" in line for line in lines)
-        assert lines[-1] == 'CMD ["digits", "serve"]'
+    lines = stages["api"]
+    assert any(re.fullmatch(r"USER 10001:10001", line) for line in lines), "api must run as uid 10001"
+    assert any(line.startswith("HEALTHCHECK") and "deploy/healthcheck.py" in line for line in lines)
+    assert any(line.startswith("COPY models/ /app/models/") for line in lines)
+    assert any("DIGITS_MODELS_DIR=/app/models" in line and "DIGITS_DEVICE=${DEVICE}" in line for line in lines)
+    assert lines[-1] == 'CMD ["digits", "serve"]'
+    # The serving image is built from the torch-free packages only: no training code, no torch.
+    copied = {line.split()[1] for line in stages["api-build"] if line.startswith("COPY ")}
+    assert {"core/", "service/", "clients/"} <= copied and "training/" not in copied
+    assert any('pip install ".[serve]"' in line and "'torch', 'matplotlib', 'training'" in line
+               for line in stages["api-build"])
     # torch only ever enters the training image, and only pinned.
-    for name, lines in stages.items():
-        mentions = [line for line in lines if re.search(r"pip install[^&]*torch", line)]
+    for name, stage_lines in stages.items():
+        mentions = [line for line in stage_lines if re.search(r"pip install[^&]*torch", line)]
         if name != "train-build":
             assert not mentions, f"stage {name} installs torch"
     assert any("--index-url" in line and "torch_pin" in line for line in stages["train-build"])
-    assert any('pip install ".[serve]"' in line for line in stages["api-build"])
 
 
 def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_heavy() -> None:
@@ -563,8 +637,11 @@ def test_k8s_manifests_fit_together_and_fit_the_service() -> None:
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert pod["spec"]["securityContext"]["runAsUser"] == 10001
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    # Shutdown takes the preStop pause plus the longest request.
-    assert pod["spec"]["terminationGracePeriodSeconds"] > 5 + settings.request_timeout_s
+    # Shutdown: the drain, then uvicorn finishes the longest request (its graceful timeout is the
+    # request timeout plus 5 s), all within the grace period; no preStop pause delays the drain.
+    assert settings.shutdown_drain_s > 0
+    assert pod["spec"]["terminationGracePeriodSeconds"] > settings.shutdown_drain_s + settings.request_timeout_s + 5
+    assert "preStop" not in container.get("lifecycle", {})
 
     # Service and autoscaler point at these pods.
     labels = pod["metadata"]["labels"]

@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from tests.live_server import free_port
 
 from service.drain import DRAINING, Drain
 from tests.deploy_helpers import Replica
-from tests.live_server import free_port
 
 DRAIN_S = 2.0
 STARTUP_S = 90.0

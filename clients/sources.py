@@ -23,6 +23,7 @@ import gzip
 import multiprocessing
 import os
 import struct
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -30,6 +31,13 @@ from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import BinaryIO
+
+try:  # ISA-L's gzip: the same bytes, decompressed 2-3x faster than zlib (bench/bench_score.py)
+    from isal import igzip as _gzip
+    from isal.isal_zlib import error as _IsalError
+except ImportError:  # an install without the serve extra: the standard library's gzip
+    _gzip = gzip  # type: ignore[misc]
+    _IsalError = zlib.error  # type: ignore[misc,assignment]
 
 import numpy as np
 from PIL import Image
@@ -54,8 +62,18 @@ MNIST_PIXELS = 28 * 28
 _IDX_HEADER = struct.Struct(">IIII")  # magic, count, rows, columns
 _GZIP_MAGIC = b"\x1f\x8b"
 _GLOB_CHARS = frozenset("*?[")
-TASK_FILES = 32  # image files per decoding task: ~10-20 ms of work, so the IPC cost stays small
-MIN_FILES_FOR_WORKERS = 256  # fewer files decode faster in the reading thread than worker processes start
+# Decoding image files: in the reading thread, or in worker processes where a file's decode cost pays for
+# the processes and their traffic. With --jobs unset the first PROBE_FILES files are decoded here, one at a
+# time, and timed; the rest go to one worker per core when the median file took POOL_MIN_FILE_S or more
+# (bench/bench_score.py: a 28x28 PNG takes ~0.25 ms, and two workers were slower than the reading thread;
+# a 640x480 photo takes 2-4 ms, and two workers give ~1.8x one) and they are POOL_MIN_WORK_S of work at least.
+PROBE_FILES = 16
+POOL_MIN_FILE_S = 0.001
+POOL_MIN_WORK_S = 0.5
+TASK_FILES = 32  # image files per task decoded in the reading thread
+TASK_TARGET_S = 0.02  # seconds of decoding per worker task: its IPC (a path list out, float32 [k,28,28] back) is
+MAX_TASK_FILES = 256  # then a few percent of it
+_GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, _IsalError)
 
 
 class UsageError(Exception):
@@ -213,7 +231,7 @@ def _kind(path: Path, explicit: bool) -> str:
     try:
         with _open_maybe_gzip(path) as f:
             head = f.read(8)
-    except (OSError, EOFError, zlib.error) as exc:
+    except (OSError, *_GZIP_ERRORS) as exc:
         return f"cannot read the file: {getattr(exc, 'strerror', None) or exc}"
     if head[:4] in (IDX_IMAGES_MAGIC.to_bytes(4, "big"), IDX_LABELS_MAGIC.to_bytes(4, "big")):
         return "idx"
@@ -231,7 +249,7 @@ def _open_maybe_gzip(path: Path) -> BinaryIO:
     except OSError:
         raw.close()
         raise
-    return gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw  # type: ignore[return-value]
+    return _gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw  # type: ignore[return-value]
 
 
 def _idx_header(f: BinaryIO) -> int:
@@ -253,7 +271,7 @@ def _idx_count(path: Path) -> int:
     try:
         with _open_maybe_gzip(path) as f:
             return _idx_header(f)
-    except (OSError, EOFError, zlib.error) as exc:
+    except (OSError, *_GZIP_ERRORS) as exc:
         raise _Bad(f"cannot read the file: {getattr(exc, 'strerror', None) or exc}") from None
 
 
@@ -279,9 +297,10 @@ def _idx_labels(path: str | Path | None, count: int) -> np.ndarray | None:
 class ReadOptions:
     batch_size: int
     decode: bool = True  # image files -> pixels here (local mode); False: keep the encoded bytes (remote)
-    jobs: int = 1  # worker processes decoding image files; 0 decodes in the reading thread
+    jobs: int | None = None  # worker processes decoding image files; 0: the reading thread; None: measure
     strict: bool = False  # stop at the first bad input
     max_pixels: int = DEFAULT_MAX_PIXELS
+    notes: list[str] = field(default_factory=list, compare=False)  # choices made while reading (--verbose)
 
 
 def iter_batches(sources: Sequence[Source], options: ReadOptions) -> Iterator[Batch]:
@@ -336,7 +355,7 @@ def _read_idx(source: IdxImages, offset: int, options: ReadOptions) -> Iterator[
                 )
     except _Bad as exc:
         yield error_batch([InputError(path, str(exc))], seen=source.count - done)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+    except _GZIP_ERRORS as exc:
         reason = f"the gzip stream is truncated or corrupt ({exc}) after {done:,} images; download it again"
         yield error_batch([InputError(path, reason)], seen=source.count - done)
     except OSError as exc:
@@ -382,28 +401,57 @@ def _folder_label(path: str) -> int:
 
 
 def _read_images(source: ImageFiles, offset: int, options: ReadOptions) -> Iterator[Batch]:
-    """Decode (or just read) the files in tasks of TASK_FILES, regrouped into batches of batch_size."""
+    """Decode (or just read) the files in tasks, regrouped into batches of batch_size: in the reading
+    thread, or by worker processes (``--jobs N``, or where the probe finds decoding costly: see PROBE_FILES)."""
     paths = source.paths
-    tasks = [range(start, min(start + TASK_FILES, len(paths))) for start in range(0, len(paths), TASK_FILES)]
     work = decode_files if options.decode else read_files
     regroup = _Regroup(source, offset, options)
-    if options.decode and options.jobs > 0 and len(paths) >= MIN_FILES_FOR_WORKERS:
-        pool = ProcessPoolExecutor(max_workers=options.jobs, mp_context=_worker_context())
+    jobs, done, per_file = options.jobs, 0, POOL_MIN_FILE_S
+    if not options.decode:
+        jobs = 0  # reading undecoded bytes costs too little to ship between processes
+    elif jobs is None:
+        probe = range(min(PROBE_FILES, len(paths)))
+        seconds: list[float] = []
+        for i in probe:  # one at a time, for the median: the first file also pays Pillow's start-up
+            start = time.perf_counter()
+            result = work([paths[i]], options.max_pixels)
+            seconds.append(time.perf_counter() - start)
+            yield from regroup.add(range(i, i + 1), result)
+        done = len(probe)
+        per_file = float(np.median(seconds)) if seconds else 0.0
+        costly = per_file >= POOL_MIN_FILE_S and per_file * (len(paths) - done) >= POOL_MIN_WORK_S
+        jobs = cores() if costly and cores() > 1 else 0
+        where = f"{jobs} worker processes" if jobs else "the reading thread"
+        options.notes.append(f"{len(paths):,} image files: the first {done} took {per_file * 1e3:.2f} ms each "
+                             f"(median), so they are decoded in {where}")
+    if jobs > 0:
+        size = max(1, min(MAX_TASK_FILES, round(TASK_TARGET_S / per_file)))
+        tasks = [range(start, min(start + size, len(paths))) for start in range(done, len(paths), size)]
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=_worker_context())
         try:
-            done = ordered_map(
+            results = ordered_map(
                 lambda task: pool.submit(work, [paths[i] for i in task], options.max_pixels),
                 tasks,
-                window=4 * options.jobs,  # enough to keep every worker busy, few enough to bound memory
+                window=4 * jobs,  # enough to keep every worker busy, few enough to bound memory
             )
-            for task, result in zip(tasks, done, strict=True):
+            for task, result in zip(tasks, results, strict=True):
                 yield from regroup.add(task, result)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     else:
-        for task in tasks:
+        for start in range(done, len(paths), TASK_FILES):
+            task = range(start, min(start + TASK_FILES, len(paths)))
             yield from regroup.add(task, work([paths[i] for i in task], options.max_pixels))
     yield from regroup.flush()
     return len(paths)
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 # (pixels float32 [k, 28, 28] or encoded bytes, indices of the k good files, (index, reason) of the bad ones)

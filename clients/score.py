@@ -143,6 +143,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              f"{cores()} here, where a file takes 1 ms or more, e.g. photos, and stay in the reading thread "
              "otherwise, e.g. small scans)")
 
+    add = parser.add_argument_group("engine").add_argument
+    add("--engine", choices=("local", "ray"), default="local",
+        help="local: this process (ONNX Runtime in a thread, decoding processes); ray: Ray Data, on a local Ray "
+             "instance sized to this machine, or on the cluster at $RAY_ADDRESS when it is set (needs the "
+             "distributed extra; see README, Batch scoring) (default: local)")
+    add("--actors", type=_positive, default=None, metavar="N",
+        help="--engine ray: inference actors, each holding one ONNX Runtime session (default: one per 2 CPUs "
+             "of the Ray cluster)")
+
     add = parser.add_argument_group("remote mode").add_argument
     add("--url", default=None,
         help="score with the service at this URL, e.g. http://127.0.0.1:8000 (default: local mode)")
@@ -229,7 +238,7 @@ class Settings:
     jobs: int | None  # decoding worker processes; None: measured per image source (see clients.sources)
 
 
-def default_settings(plan: Plan, n_cores: int, remote: bool = False) -> Settings:
+def default_settings(plan: Plan, n_cores: int, remote: bool = False, engine: str = "local") -> Settings:
     """The documented rule (README, "Batch scoring"; measured in bench/bench_score.py):
 
     - threads: one per core when IDX or CSV arrays are among the inputs (inference bounds them; reading,
@@ -243,6 +252,8 @@ def default_settings(plan: Plan, n_cores: int, remote: bool = False) -> Settings
     """
     if remote:
         return Settings(threads=1, batch_size=DEFAULT_BATCH_REMOTE, jobs=0)
+    if engine == "ray":  # more actors instead of more threads per actor; large batches amortise Ray's overhead
+        return Settings(threads=1, batch_size=DEFAULT_BATCH_LOCAL, jobs=0)
     arrays = any(not isinstance(source, ImageFiles) for source in plan.sources)
     threads = n_cores if arrays else 1
     return Settings(threads, DEFAULT_BATCH_ONE_THREAD if threads == 1 else DEFAULT_BATCH_LOCAL, None)
@@ -386,6 +397,9 @@ def main(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     remote = args.url is not None
+    if remote and args.engine != "local":
+        raise UsageError(f"--url scores with a running service, --engine {args.engine} on its own workers: "
+                         "choose one")
     reporter = Reporter(strict=args.strict)
     plan = plan_inputs(args.inputs, args.labels, args.folder_labels)
     for error in plan.errors:
@@ -419,6 +433,19 @@ def _run(args: argparse.Namespace) -> int:
         engine = f"{client.url}, {args.concurrency} requests at a time"
         if client.retried:
             engine += f", {client.retried} retries"
+    elif args.engine == "ray":
+        from clients import ray_engine
+
+        ray_engine.import_ray()  # a usage error now, before anything is read, when Ray is not installed
+        model = load_local_model(args.model, args.models_dir, device="cpu", threads=1, batch_size=1)
+        name, version, labels = model.name, model.version, model.labels
+        formatter = RowFormatter(args.format or default_format(args.out), labels)
+        with ray_engine.ray_session() as ray:
+            actors = args.actors or ray_engine.default_actors(int(ray.cluster_resources().get("CPU", 1)))
+            ray_settings = ray_engine.RaySettings(actors=actors, threads=threads or 1, batch_size=batch_size)
+            results = ray_engine.scored_batches(plan, options, model, ray_settings)
+            outcome = write_results(results, plan, formatter, args.out, reporter, progress)
+        engine = f"Ray Data, {actors} inference actor(s) of {threads or 1} ONNX Runtime thread(s)"
     else:
         model = load_local_model(args.model, args.models_dir, device=args.device, threads=threads,
                                  batch_size=batch_size, spinning=False)
@@ -444,11 +471,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def chosen_settings(args: argparse.Namespace, plan: Plan, remote: bool) -> Settings:
     """The command line's settings, each one left unset taken from ``default_settings``."""
-    default = default_settings(plan, cores(), remote)
+    default = default_settings(plan, cores(), remote, args.engine)
     threads = default.threads if args.threads is None else args.threads
     if args.batch_size is not None:
         batch_size = args.batch_size
-    elif args.threads is not None and not remote:  # the batch size that suits the thread count asked for
+    elif args.threads is not None and not remote and args.engine == "local":  # the size that suits --threads
         batch_size = DEFAULT_BATCH_ONE_THREAD if threads == 1 else DEFAULT_BATCH_LOCAL
     else:
         batch_size = default.batch_size

@@ -25,7 +25,7 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
@@ -309,16 +309,20 @@ def iter_batches(sources: Sequence[Source], options: ReadOptions) -> Iterator[Ba
         raise ValueError(f"batch_size must be at least 1, got {options.batch_size}")
     offset = 0
     for source in sources:
-        if isinstance(source, ImageFiles):
-            reader = _read_images(source, offset, options)
-        elif isinstance(source, IdxImages):
-            reader = _read_idx(source, offset, options)
-        else:
-            reader = _read_csv(source, offset, options)
-        offset += yield from reader
+        offset += yield from read_source(source, offset, options)
 
 
-def _read_idx(source: IdxImages, offset: int, options: ReadOptions) -> Iterator[Batch]:
+def read_source(source: Source, offset: int, options: ReadOptions) -> Generator[Batch, None, int]:
+    """One source's batches, its items numbered from ``offset + 1``; returns its item count (failed
+    items included), the offset of the next source."""
+    if isinstance(source, ImageFiles):
+        return (yield from _read_images(source, offset, options))
+    if isinstance(source, IdxImages):
+        return (yield from _read_idx(source, offset, options))
+    return (yield from _read_csv(source, offset, options))
+
+
+def _read_idx(source: IdxImages, offset: int, options: ReadOptions) -> Generator[Batch, None, int]:
     """Read ``batch_size`` images at a time; a truncated or corrupt file is reported where it breaks."""
     path = str(source.path)
     size = options.batch_size
@@ -364,7 +368,7 @@ def _read_idx(source: IdxImages, offset: int, options: ReadOptions) -> Iterator[
     return source.count
 
 
-def _read_csv(source: KaggleCsv, offset: int, options: ReadOptions) -> Iterator[Batch]:
+def _read_csv(source: KaggleCsv, offset: int, options: ReadOptions) -> Generator[Batch, None, int]:
     """Stream the CSV in chunks of ``batch_size`` good rows; bad rows come as errors at their line."""
     path = str(source.path)
     last_line = 1  # the header
@@ -392,7 +396,7 @@ def _read_csv(source: KaggleCsv, offset: int, options: ReadOptions) -> Iterator[
     return last_line - 1
 
 
-def _folder_label(path: str) -> int:
+def folder_label(path: str) -> int:
     """The name of the nearest enclosing folder named 0-9 (digits/7/scans/a.png -> 7), else -1."""
     for name in reversed(Path(path).parent.parts):
         if len(name) == 1 and name.isdigit():
@@ -400,7 +404,7 @@ def _folder_label(path: str) -> int:
     return -1
 
 
-def _read_images(source: ImageFiles, offset: int, options: ReadOptions) -> Iterator[Batch]:
+def _read_images(source: ImageFiles, offset: int, options: ReadOptions) -> Generator[Batch, None, int]:
     """Decode (or just read) the files in tasks, regrouped into batches of batch_size: in the reading
     thread, or by worker processes (``--jobs N``, or where the probe finds decoding costly: see PROBE_FILES)."""
     paths = source.paths
@@ -460,16 +464,22 @@ TaskResult = tuple[np.ndarray | list[bytes], list[int], list[tuple[int, str]]]
 
 def decode_files(paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> TaskResult:
     """Read and preprocess image files (runs in a worker process): the service's preprocessing, per file."""
-    out = np.empty((len(paths), 28, 28), np.float32)
+    blobs, read, bad = read_files(paths)
+    pixels, decoded, undecodable = decode_blobs(blobs, max_pixels)
+    bad += [(read[i], reason) for i, reason in undecodable]
+    bad.sort()
+    return pixels, [read[i] for i in decoded], bad
+
+
+def decode_blobs(blobs: Sequence[bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> TaskResult:
+    """Preprocess encoded image files (``service.preprocess``, as for an upload): float32 [k, 28, 28]
+    for the k that decode, their indices, and (index, reason) for the others. Every engine decodes here."""
+    out = np.empty((len(blobs), 28, 28), np.float32)
     good: list[int] = []
     bad: list[tuple[int, str]] = []
-    for i, path in enumerate(paths):
+    for i, data in enumerate(blobs):
         try:
-            with open(path, "rb") as f:
-                data = f.read()
             out[len(good)] = preprocess_image_bytes(data, max_pixels=max_pixels)
-        except OSError as exc:
-            bad.append((i, f"cannot read the file: {exc.strerror or exc}"))
         except PreprocessError as exc:
             bad.append((i, str(exc)))
         else:
@@ -477,9 +487,10 @@ def decode_files(paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> Task
     return out[: len(good)], good, bad
 
 
-def read_files(paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> TaskResult:
-    """Read image files undecoded (remote mode: the service decodes them)."""
-    del max_pixels  # the service applies its own limit
+def read_files(paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[bytes], list[int],
+                                                                                list[tuple[int, str]]]:
+    """Read image files undecoded (remote mode: the service decodes them, and applies its own limit)."""
+    del max_pixels
     blobs: list[bytes] = []
     good: list[int] = []
     bad: list[tuple[int, str]] = []
@@ -549,7 +560,7 @@ class _Regroup:
         paths = self.source.paths
         labels = None
         if self.source.folder_labels:
-            labels = np.fromiter((_folder_label(paths[i]) for i in indices), np.int64, len(indices))
+            labels = np.fromiter((folder_label(paths[i]) for i in indices), np.int64, len(indices))
         batch = Batch(
             [paths[i] for i in indices],
             np.asarray(indices, np.int64) + self.offset + 1,

@@ -23,6 +23,7 @@ Only this module imports Ray, and only when the engine runs (`pip install -e '.[
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import Generator, Iterator
@@ -85,6 +86,8 @@ def ray_session() -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
+    for name in ("ray", "ray.data"):  # Ray's notes on its own workings would break into the output on stderr
+        logging.getLogger(name).setLevel(logging.ERROR)
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
              "configure_logging": False}
     if os.environ.get("RAY_ADDRESS"):
@@ -100,23 +103,22 @@ def ray_session() -> Iterator[Any]:
 class Predictor:
     """A Ray Data actor: one ONNX Runtime session from the verified model bytes, run a batch at a time."""
 
-    def __init__(self, model_ref: Any, threads: int) -> None:
+    def __init__(self, model_bytes: bytes, threads: int, keep: tuple[str, ...] = ()) -> None:
         import onnxruntime as ort
-        import ray
 
         from service.runtime import CPU, INPUT_NAME, OUTPUT_NAMES, session_options
 
-        model_bytes = ray.get(model_ref)  # from the object store: the bytes the driver verified
         self._session = ort.InferenceSession(model_bytes, session_options(threads, spinning=False),
                                              providers=[CPU])
         self._input = INPUT_NAME
         self._output = OUTPUT_NAMES[1]  # probabilities
+        self._keep = keep  # input columns passed through beside the probabilities
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pixels = batch["pixels"]  # uint8 or float32 [k, 28, 28]
         x = pixels.astype(np.float32, copy=False).reshape(-1, 1, 28, 28)
         (probabilities,) = self._session.run([self._output], {self._input: x})
-        return {PROBABILITIES: probabilities}
+        return {PROBABILITIES: probabilities, **{column: batch[column] for column in self._keep}}
 
 
 def decode_images(batch: dict[str, np.ndarray], max_pixels: int) -> dict[str, np.ndarray]:
@@ -154,36 +156,47 @@ def _scored_batches(plan: Plan, options: ReadOptions, model: LoadedModel,
                     settings: RaySettings) -> Iterator[Iterator[Scored]]:
     with ray_session() as ray:
         _configure_ray_data(ray)
-        model_ref = ray.put(model.path.read_bytes())  # the bytes the driver verified (checksum, contract)
-        yield _stream(ray, plan, options, model_ref, settings)
+        # the actors get the model's bytes with their constructor: workers need no models/ folder
+        model_bytes = model.path.read_bytes()
+        if hashlib.sha256(model_bytes).hexdigest() != model.sha256:
+            raise UsageError(f"{model.path} changed while it was being loaded; run the command again")
+        yield _stream(ray, plan, options, model_bytes, settings)
 
 
-def _stream(ray: Any, plan: Plan, options: ReadOptions, model_ref: Any, settings: RaySettings) -> Iterator[Scored]:
+def _stream(ray: Any, plan: Plan, options: ReadOptions, model_bytes: bytes, settings: RaySettings) -> Iterator[Scored]:
     offset = 0
     for source in plan.sources:
         if isinstance(source, ImageFiles):
-            yield from _score_images(ray, source, offset, model_ref, settings)
+            yield from _score_images(ray, source, offset, model_bytes, settings)
             offset += source.count
         else:
-            offset = yield from _score_arrays(ray, source, offset, options, model_ref, settings)
+            offset = yield from _score_arrays(ray, source, offset, options, model_bytes, settings)
 
 
-def _predict(dataset: Any, model_ref: Any, settings: RaySettings) -> Any:
+def _predict(ray: Any, dataset: Any, model_bytes: bytes, settings: RaySettings, keep: tuple[str, ...] = ()) -> Any:
+    """Probabilities (and the columns ``keep``) by a pool of ``settings.actors`` Predictor actors."""
     return dataset.map_batches(
         Predictor,
-        fn_constructor_kwargs={"model_ref": model_ref, "threads": settings.threads},
+        fn_constructor_kwargs={"model_bytes": model_bytes, "threads": settings.threads, "keep": keep},
         batch_size=settings.batch_size,
         batch_format="numpy",
-        concurrency=settings.actors,
+        compute=ray.data.ActorPoolStrategy(size=settings.actors),
         num_cpus=settings.threads,
+        ray_remote_args_fn=_no_restarts,
     )
+
+
+def _no_restarts() -> dict[str, Any]:
+    """The model bytes are an actor constructor argument, which a restarted actor could have lost: an
+    actor that dies fails the run with its error instead."""
+    return {"max_restarts": 0}
 
 
 def _rows(dataset: Any, columns: tuple[str, ...]) -> Iterator[dict[str, np.ndarray]]:
     yield from dataset.select_columns(list(columns)).iter_batches(batch_size=None, batch_format="numpy")
 
 
-def _score_arrays(ray: Any, source: Source, offset: int, options: ReadOptions, model_ref: Any,
+def _score_arrays(ray: Any, source: Source, offset: int, options: ReadOptions, model_bytes: bytes,
                   settings: RaySettings) -> Generator[Scored, None, int]:
     """IDX / CSV: read on the driver by the local engine's reader, scored by the actors, re-cut into the
     reader's batches (which carry the names, positions, labels and bad rows). Returns the next offset."""
@@ -203,7 +216,7 @@ def _score_arrays(ray: Any, source: Source, offset: int, options: ReadOptions, m
     rows = _Rows(iter(()))
     if refs:
         dataset = ray.data.from_numpy_refs(refs).rename_columns({"data": "pixels"})
-        rows = _Rows(_rows(_predict(dataset, model_ref, settings), (PROBABILITIES,)))
+        rows = _Rows(_rows(_predict(ray, dataset, model_bytes, settings), (PROBABILITIES,)))
     for batch in batches:
         probabilities = rows.take(len(batch)) if len(batch) else np.empty((0, 0), np.float32)
         yield Scored(batch, probabilities, batch.errors)
@@ -229,14 +242,14 @@ class _Rows:
         return taken
 
 
-def _score_images(ray: Any, source: ImageFiles, offset: int, model_ref: Any,
+def _score_images(ray: Any, source: ImageFiles, offset: int, model_bytes: bytes,
                   settings: RaySettings) -> Iterator[Scored]:
     """Image files: Ray reads and decodes them; the driver names, numbers and labels them in order."""
     paths = list(source.paths)
     dataset = ray.data.read_binary_files(paths, include_paths=False)
     decoded = dataset.map_batches(decode_images, fn_kwargs={"max_pixels": settings.max_pixels},
                                   batch_format="numpy", batch_size=64)
-    scored = _predict_keeping(decoded, model_ref, settings)
+    scored = _predict(ray, decoded, model_bytes, settings, keep=("reason",))
     done = 0
     for result in _rows(scored, (PROBABILITIES, "reason")):
         reasons = result["reason"]
@@ -253,24 +266,3 @@ def _score_images(ray: Any, source: ImageFiles, offset: int, model_ref: Any,
         done += k
     if done != len(paths):
         raise RuntimeError(f"Ray returned {done} results for {len(paths)} image files")
-
-
-def _predict_keeping(dataset: Any, model_ref: Any, settings: RaySettings) -> Any:
-    """``_predict``, keeping each row's decode failure reason beside its probabilities."""
-    return dataset.map_batches(
-        _PredictorKeepingReasons,
-        fn_constructor_kwargs={"model_ref": model_ref, "threads": settings.threads},
-        batch_size=settings.batch_size,
-        batch_format="numpy",
-        concurrency=settings.actors,
-        num_cpus=settings.threads,
-    )
-
-
-class _PredictorKeepingReasons(Predictor):
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = super().__call__(batch)
-        out["reason"] = batch["reason"]
-        return out
-
-

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import warnings
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -173,8 +174,20 @@ def _stream(ray: Any, plan: Plan, options: ReadOptions, model_bytes: bytes, sett
             offset = yield from _score_arrays(ray, source, offset, options, model_bytes, settings)
 
 
+# Ray Data keeps a map actor's constructor arguments (here the model bytes) in the object store and by default
+# restarts a dead actor, which Ray warns could fail once they are gone: an actor that dies fails the run with
+# its error instead. (Ray 2.64 drops this keyword for a named parameter; pyproject keeps ray below 2.64.)
+_NO_RESTARTS = {"max_restarts": 0}
+
+
 def _predict(ray: Any, dataset: Any, model_bytes: bytes, settings: RaySettings, keep: tuple[str, ...] = ()) -> Any:
     """Probabilities (and the columns ``keep``) by a pool of ``settings.actors`` Predictor actors."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        return _map_predictor(ray, dataset, model_bytes, settings, keep)
+
+
+def _map_predictor(ray: Any, dataset: Any, model_bytes: bytes, settings: RaySettings, keep: tuple[str, ...]) -> Any:
     return dataset.map_batches(
         Predictor,
         fn_constructor_kwargs={"model_bytes": model_bytes, "threads": settings.threads, "keep": keep},
@@ -182,14 +195,8 @@ def _predict(ray: Any, dataset: Any, model_bytes: bytes, settings: RaySettings, 
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=settings.actors),
         num_cpus=settings.threads,
-        ray_remote_args_fn=_no_restarts,
+        **_NO_RESTARTS,
     )
-
-
-def _no_restarts() -> dict[str, Any]:
-    """The model bytes are an actor constructor argument, which a restarted actor could have lost: an
-    actor that dies fails the run with its error instead."""
-    return {"max_restarts": 0}
 
 
 def _rows(dataset: Any, columns: tuple[str, ...]) -> Iterator[dict[str, np.ndarray]]:
@@ -246,7 +253,8 @@ def _score_images(ray: Any, source: ImageFiles, offset: int, model_bytes: bytes,
                   settings: RaySettings) -> Iterator[Scored]:
     """Image files: Ray reads and decodes them; the driver names, numbers and labels them in order."""
     paths = list(source.paths)
-    dataset = ray.data.read_binary_files(paths, include_paths=False)
+    # absolute: Ray's workers do not share the driver's working directory
+    dataset = ray.data.read_binary_files([os.path.abspath(p) for p in paths], include_paths=False)
     decoded = dataset.map_batches(decode_images, fn_kwargs={"max_pixels": settings.max_pixels},
                                   batch_format="numpy", batch_size=64)
     scored = _predict(ray, decoded, model_bytes, settings, keep=("reason",))

@@ -36,7 +36,7 @@ RUNS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _photo(image: np.ndarray, seed: int) -> Image.Image:
+def photo(image: np.ndarray, seed: int) -> Image.Image:
     """A 640x480 'photo' of a digit on grey-ish paper: a large image whose decode cost is a real photo's."""
     rng = np.random.default_rng(seed)
     paper = rng.normal(215, 6, (480, 640)).clip(0, 255).astype(np.uint8)
@@ -71,7 +71,7 @@ def build_inputs(root: Path, images: np.ndarray, labels: np.ndarray) -> None:
     for i in range(PHOTOS):
         sub = folder / str(int(labels[IDX_COUNT + FOLDER_FILES + i])) / "photos"
         sub.mkdir(parents=True, exist_ok=True)
-        _photo(images[IDX_COUNT + FOLDER_FILES + i], seed=i).save(sub / f"photo{i}.png")
+        photo(images[IDX_COUNT + FOLDER_FILES + i], seed=i).save(sub / f"photo{i}.png")
     (folder / "notes.png").write_text("this is not an image")
     good = next(folder.rglob("*.png")).read_bytes()
     (folder / "truncated.png").write_bytes(good[: len(good) // 2])

@@ -350,7 +350,9 @@ def test_labels_that_do_not_match_the_images_are_refused(
 # --- the command as a whole ------------------------------------------------------------------------
 
 
-def test_scoring_never_imports_torch(tmp_path: Path, models_dir: Path, mnist_test_sample) -> None:
+def test_scoring_never_imports_torch_and_the_local_engine_never_imports_ray(
+    tmp_path: Path, models_dir: Path, mnist_test_sample
+) -> None:
     images, _ = mnist_test_sample
     folder = tmp_path / "pngs"
     folder.mkdir()
@@ -360,6 +362,7 @@ def test_scoring_never_imports_torch(tmp_path: Path, models_dir: Path, mnist_tes
         "import sys, cli\n"
         "code = cli.main(sys.argv[1:])\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'ray' not in sys.modules, 'ray was imported'\n"
         "sys.exit(code)\n"
     )
     argv = ["score", "--quiet", "--models-dir", str(models_dir), str(folder), str(IDX_IMAGES),
@@ -370,7 +373,7 @@ def test_scoring_never_imports_torch(tmp_path: Path, models_dir: Path, mnist_tes
     assert result.returncode == 0, result.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert "onnxruntime" in imported and "service.preprocess" in imported
-    assert not {m for m in imported if m.split(".")[0] == "torch"}
+    assert not {m for m in imported if m.split(".")[0] in ("torch", "ray")}
 
 
 def test_help_explains_every_option_with_its_default() -> None:

@@ -74,6 +74,14 @@ def write_digit_files(root: Path, images: np.ndarray, labels: np.ndarray) -> Non
         picture.save(path, quality=95)
 
 
+def write_pngs(folder: Path, images: np.ndarray) -> Path:
+    """MNIST digits as small PNG files 00.png, 01.png, ... in a new folder."""
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:02d}.png")
+    return folder
+
+
 # --- image files ---------------------------------------------------------------------------------
 
 
@@ -222,11 +230,7 @@ def test_kaggle_train_csv_prints_accuracy_and_plots_the_confusion_matrix(
 def test_decoding_goes_to_worker_processes_only_where_a_file_costs_enough(
     tmp_path: Path, score: Score, mnist_test_sample, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    images, _ = mnist_test_sample
-    folder = tmp_path / "scans"
-    folder.mkdir()
-    for i in range(40):
-        Image.fromarray(images[i]).save(folder / f"{i:02d}.png")
+    folder = write_pngs(tmp_path / "scans", mnist_test_sample[0][:40])
     out = tmp_path / "out.csv"
 
     code, _, small = score(str(folder), "--verbose", "--out", str(out))
@@ -353,11 +357,7 @@ def test_labels_that_do_not_match_the_images_are_refused(
 def test_scoring_never_imports_torch_and_the_local_engine_never_imports_ray(
     tmp_path: Path, models_dir: Path, mnist_test_sample
 ) -> None:
-    images, _ = mnist_test_sample
-    folder = tmp_path / "pngs"
-    folder.mkdir()
-    for i in range(40):
-        Image.fromarray(images[i]).save(folder / f"{i:02d}.png")
+    folder = write_pngs(tmp_path / "pngs", mnist_test_sample[0][:40])
     check = (
         "import sys, cli\n"
         "code = cli.main(sys.argv[1:])\n"

@@ -300,7 +300,7 @@ def main() -> int:
               file=sys.stderr)
         return 2
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# digits score throughput: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    print(f"# digits score throughput: {platform.processor() or platform.machine()}, {cores()} cores to run on, "
           f"load average {load:.1f}, onnxruntime {ort.__version__}, best of {args.repeats}", flush=True)
     table = Table()
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp_dir:

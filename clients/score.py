@@ -465,7 +465,7 @@ def _run(args: argparse.Namespace) -> int:
         summary += f"; {reporter.failed:,} bad input(s) skipped (listed above)"
     print(summary, file=sys.stderr)
     if args.verbose:
-        print(_verbose_report(settings, options, outcome), file=sys.stderr)
+        print(_verbose_report(settings, options, outcome, engine), file=sys.stderr)
     return 1 if reporter.failed else 0
 
 
@@ -482,10 +482,10 @@ def chosen_settings(args: argparse.Namespace, plan: Plan, remote: bool) -> Setti
     return Settings(threads, batch_size, default.jobs if args.jobs is None else args.jobs)
 
 
-def _verbose_report(settings: Settings, options: ReadOptions, outcome: Outcome) -> str:
+def _verbose_report(settings: Settings, options: ReadOptions, outcome: Outcome, engine: str) -> str:
     jobs = "measured per image source" if settings.jobs is None else str(settings.jobs)
-    lines = [f"settings: {cores()} core(s); {settings.threads or 'all'} inference thread(s), batch "
-             f"{settings.batch_size}, decoding processes: {jobs}"]
+    lines = [f"settings: {cores()} core(s) here; {engine}; batch {settings.batch_size}; decoding processes: "
+             f"{jobs if engine.startswith('ONNX') else 'none here'}"]
     lines += options.notes
     lines.append(outcome.stages.summary(outcome.elapsed_s))
     return "\n".join(lines)

@@ -35,7 +35,6 @@ import numpy as np
 
 from clients.batches import Batch, InputError, Scored
 from clients.sources import (
-    DEFAULT_MAX_PIXELS,
     ImageFiles,
     Plan,
     ReadOptions,
@@ -58,7 +57,7 @@ class RaySettings:
     actors: int  # inference actors, each with one ONNX Runtime session
     threads: int  # ONNX Runtime intra-op threads per actor
     batch_size: int  # images per inference call in an actor
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int | None = None  # None: the preprocessing's default limit
 
 
 def default_actors(cluster_cpus: int) -> int:
@@ -122,7 +121,7 @@ class Predictor:
         return {PROBABILITIES: probabilities, **{column: batch[column] for column in self._keep}}
 
 
-def decode_images(batch: dict[str, np.ndarray], max_pixels: int) -> dict[str, np.ndarray]:
+def decode_images(batch: dict[str, np.ndarray], max_pixels: int | None) -> dict[str, np.ndarray]:
     """A Ray Data task: encoded files -> MNIST-style float32 [k, 28, 28] (zeros where a file fails) and the
     reason each failed file failed ("" for the good ones)."""
     blobs = list(batch["bytes"])

@@ -18,6 +18,7 @@ use it as the ImageId, so ids stay aligned with the input rows when a row is ski
 
 from __future__ import annotations
 
+import functools
 import glob
 import gzip
 import multiprocessing
@@ -40,11 +41,9 @@ except ImportError:  # an install without the serve extra: the standard library'
     _IsalError = zlib.error  # type: ignore[misc,assignment]
 
 import numpy as np
-from PIL import Image
 
 from clients.batches import Batch, InputError, error_batch
 from clients.pipeline import ordered_map
-from service.preprocess import DEFAULT_MAX_PIXELS, SUPPORTED_FORMATS, PreprocessError, preprocess_image_bytes
 from training.datasets import (
     IDX_IMAGES_MAGIC,
     IDX_LABELS_MAGIC,
@@ -54,10 +53,19 @@ from training.datasets import (
     load_idx_labels,
 )
 
-# File name endings taken as images inside folders: those Pillow maps to a supported format.
-IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    ext for ext, fmt in Image.registered_extensions().items() if fmt in SUPPORTED_FORMATS
-)
+# Pillow and the service's preprocessing load only where image files are read: an IDX or CSV run starts
+# without them (Pillow's registry of formats alone imports every plugin).
+_PREPROCESS = "service.preprocess"
+
+
+@functools.cache
+def image_suffixes() -> frozenset[str]:
+    """File name endings taken as images inside folders: those Pillow maps to a supported format."""
+    from PIL import Image
+
+    from service.preprocess import SUPPORTED_FORMATS
+
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in SUPPORTED_FORMATS)
 MNIST_PIXELS = 28 * 28
 _IDX_HEADER = struct.Struct(">IIII")  # magic, count, rows, columns
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -216,7 +224,7 @@ def _walk(root: str, errors: list[InputError]) -> list[str]:
         found.extend(
             os.path.join(folder, name)
             for name in sorted(names)
-            if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+            if os.path.splitext(name)[1].lower() in image_suffixes()
         )
     return found
 
@@ -224,10 +232,12 @@ def _walk(root: str, errors: list[InputError]) -> list[str]:
 def _kind(path: Path, explicit: bool) -> str:
     """"image", "csv", "idx", or the reason the file cannot be used."""
     suffix = path.suffix.lower()
-    if suffix in IMAGE_SUFFIXES or not explicit:
+    if not explicit:
         return "image"
     if suffix == ".csv":
         return "csv"
+    if suffix in image_suffixes():
+        return "image"
     try:
         with _open_maybe_gzip(path) as f:
             head = f.read(8)
@@ -299,7 +309,7 @@ class ReadOptions:
     decode: bool = True  # image files -> pixels here (local mode); False: keep the encoded bytes (remote)
     jobs: int | None = None  # worker processes decoding image files; 0: the reading thread; None: measure
     strict: bool = False  # stop at the first bad input
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int | None = None  # larger images are refused; None: the service's preprocessing default
     notes: list[str] = field(default_factory=list, compare=False)  # choices made while reading (--verbose)
 
 
@@ -462,7 +472,7 @@ def cores() -> int:
 TaskResult = tuple[np.ndarray | list[bytes], list[int], list[tuple[int, str]]]
 
 
-def decode_files(paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> TaskResult:
+def decode_files(paths: list[str], max_pixels: int | None = None) -> TaskResult:
     """Read and preprocess image files (runs in a worker process): the service's preprocessing, per file."""
     blobs, read, bad = read_files(paths)
     pixels, decoded, undecodable = decode_blobs(blobs, max_pixels)
@@ -471,9 +481,12 @@ def decode_files(paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> Task
     return pixels, [read[i] for i in decoded], bad
 
 
-def decode_blobs(blobs: Sequence[bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> TaskResult:
+def decode_blobs(blobs: Sequence[bytes], max_pixels: int | None = None) -> TaskResult:
     """Preprocess encoded image files (``service.preprocess``, as for an upload): float32 [k, 28, 28]
     for the k that decode, their indices, and (index, reason) for the others. Every engine decodes here."""
+    from service.preprocess import DEFAULT_MAX_PIXELS, PreprocessError, preprocess_image_bytes
+
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     out = np.empty((len(blobs), 28, 28), np.float32)
     good: list[int] = []
     bad: list[tuple[int, str]] = []
@@ -487,7 +500,7 @@ def decode_blobs(blobs: Sequence[bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -
     return out[: len(good)], good, bad
 
 
-def read_files(paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[bytes], list[int],
+def read_files(paths: list[str], max_pixels: int | None = None) -> tuple[list[bytes], list[int],
                                                                                 list[tuple[int, str]]]:
     """Read image files undecoded (remote mode: the service decodes them, and applies its own limit)."""
     del max_pixels
@@ -511,7 +524,7 @@ def _worker_context() -> BaseContext:
     worker also imports the main script (as ``__mp_main__``): for `digits` that is the small cli.py."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])  # workers start with numpy, Pillow and this module loaded
+        context.set_forkserver_preload([__name__, _PREPROCESS])  # workers start with numpy, Pillow and these
         return context
     return multiprocessing.get_context("spawn")
 

@@ -1,6 +1,7 @@
 """`digits score --engine ray` writes what `--engine local` writes, on a local Ray instance.
 
-Ray starts once for the module (2 CPUs, no dashboard); the engine joins it instead of starting its own.
+Ray starts once for the module (2 CPUs, a 128 MiB object store, no dashboard); the engine joins it
+instead of starting its own.
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ import pytest
 from tests.conftest import Score
 from tests.score_inputs import build_inputs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 @pytest.fixture(scope="module")
 def ray_instance() -> Iterator[None]:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-             configure_logging=False)
+    ray.init(num_cpus=2, object_store_memory=128 * 2**20, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR, configure_logging=False)
     try:
         yield
     finally:

@@ -90,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "  digits score scans/ --out predictions.csv\n"
         "  digits score t10k-images-idx3-ubyte.gz --labels t10k-labels-idx1-ubyte.gz --plot cm.png\n"
         "  digits score test.csv --format kaggle --out submission.csv\n"
-        "  digits score train.csv --url http://127.0.0.1:8000 --concurrency 4 --batch-size 128"
+        "  digits score train.csv --url http://127.0.0.1:8000 --concurrency 4 --batch-size 128\n"
+        "  RAY_ADDRESS=ray://head:10001 digits score /shared/scans/ --engine ray --actors 16"
     )
     add = parser.add_argument
     add("inputs", nargs="+", metavar="INPUT",
@@ -124,8 +125,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "model; with --url, the service's default model)")
     add("--batch-size", type=_positive, default=None, metavar="N",
         help=f"images per inference call, or per request with --url (default: {DEFAULT_BATCH_ONE_THREAD} with "
-             f"one ONNX Runtime thread, {DEFAULT_BATCH_LOCAL} with several, {DEFAULT_BATCH_REMOTE} remote: the "
-             "service's default limit of images per request)")
+             f"one ONNX Runtime thread, {DEFAULT_BATCH_LOCAL} with several or with --engine ray, "
+             f"{DEFAULT_BATCH_REMOTE} remote: the service's default limit of images per request)")
 
     add = parser.add_argument_group("local mode").add_argument
     add("--models-dir", type=Path, default=None, metavar="DIR",
@@ -136,7 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--threads", type=_non_negative, default=None, metavar="N",
         help=f"ONNX Runtime intra-op threads; 0: one per core (default: one per core, {cores()} here, when IDX "
              "or CSV inputs are among the inputs; 1 when all inputs are image files, whose decoding bounds the "
-             "speed)")
+             "speed; with --engine ray, threads of each actor: 1)")
     add("--jobs", type=_non_negative, default=None, metavar="N",
         help=f"worker processes decoding image files; 0 decodes them in the reading thread (default: measured: "
              f"the first files are decoded in the reading thread and timed; the rest go to one worker per core, "

@@ -9,9 +9,9 @@ Image files are read by Ray Data's binary-file reader on the workers (so they mu
 node can read: a shared file system, or a cloud bucket path) and decoded in Ray tasks by
 ``clients.sources.decode_blobs``, the local engine's preprocessing. IDX files and Kaggle CSVs are parsed
 on the driver by the local engine's readers: they report a corrupt IDX file or a malformed CSV row by its
-path and line, where Ray's CSV reader would stop at the first bad row or skip it silently; their pixels
-enter Ray's object store a batch at a time. The model is verified on the driver (checksum, contract) and
-its bytes are shipped to the actors through the object store, so workers need no copy of models/.
+path and line, where Ray's CSV reader would stop at the first bad row or skip it silently; a file's pixels
+are put in Ray's object store, a block per batch, before its scoring starts. The model is verified on the
+driver (checksum, contract) and its bytes are shipped with the actors, so workers need no copy of models/.
 
 Ray runs with the order of the input kept (``preserve_order``), so results come back in input order and
 every row, bad-input report and confusion matrix is the local engine's. Ray's own progress bars are

@@ -144,16 +144,10 @@ def _configure_ray_data(ray: Any) -> None:
             setattr(context, name, False)
 
 
-def scored_batches(
-    plan: Plan, options: ReadOptions, model: LoadedModel, settings: RaySettings
-) -> contextlib.AbstractContextManager[Iterator[Scored]]:
-    """Every input's ``Scored`` batches in input order, scored by Ray Data (a context: Ray runs within it)."""
-    return _scored_batches(plan, options, model, settings)
-
-
 @contextlib.contextmanager
-def _scored_batches(plan: Plan, options: ReadOptions, model: LoadedModel,
-                    settings: RaySettings) -> Iterator[Iterator[Scored]]:
+def scored_batches(plan: Plan, options: ReadOptions, model: LoadedModel,
+                   settings: RaySettings) -> Iterator[Iterator[Scored]]:
+    """Every input's ``Scored`` batches in input order, scored by Ray Data (a context: Ray runs within it)."""
     with ray_session() as ray:
         _configure_ray_data(ray)
         # the actors get the model's bytes with their constructor: workers need no models/ folder

@@ -19,8 +19,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,15 +182,10 @@ class Scorer(Protocol):
 
 
 class LocalScorer:
-    """ONNX Runtime in this process. The model may still be loading (a Future): reading starts meanwhile,
-    and the first batch to score waits for it."""
+    """ONNX Runtime in this process."""
 
-    def __init__(self, model: LoadedModel | Future[LoadedModel]) -> None:
-        self._model = model
-
-    @property
-    def model(self) -> LoadedModel:
-        return self._model.result() if isinstance(self._model, Future) else self._model
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
 
     def prepare(self, batch: Batch) -> Batch:
         """uint8/float32 [n, 28, 28] -> the model's float32 [n, 1, 28, 28]."""
@@ -307,7 +301,7 @@ def score_inputs(
     plan: Plan,
     scorer: Scorer,
     options: ReadOptions,
-    formatter: RowFormatter | Callable[[], RowFormatter],
+    formatter: RowFormatter,
     out: Path | None,
     reporter: Reporter,
     progress: str | None = "scoring",
@@ -346,48 +340,38 @@ def score_inputs(
 def write_results(
     results: AbstractContextManager[Iterator[Scored]],
     plan: Plan,
-    formatter: RowFormatter | Callable[[], RowFormatter],
+    formatter: RowFormatter,
     out: Path | None,
     reporter: Reporter,
     progress: str | None = "scoring",
     clock: StageClock | None = None,
 ) -> Outcome:
     """Write the rows of scored batches (in input order) to ``out``, report their bad inputs, count the
-    confusion matrix and drive the progress bar; shared by every engine, so all write the same bytes.
-    ``formatter`` may be a function giving it once the first batch is scored (the model's labels)."""
+    confusion matrix and drive the progress bar; shared by every engine, so all write the same bytes."""
     clock = clock or StageClock()
     started = time.perf_counter()
+    num_classes = len(formatter.labels)
+    cm = np.zeros((num_classes, num_classes), np.int64)
     scored = 0
     bar = tqdm(total=plan.total, unit="img", unit_scale=True, desc=progress, file=sys.stderr,
                disable=True if progress is None else None, dynamic_ncols=True, smoothing=0.05)
-    rows: RowFormatter | None = None
-    cm = np.zeros((0, 0), np.int64)
     try:
         with results as stream, open_output(out) as write:
-
-            def start_output() -> RowFormatter:
-                nonlocal cm
-                chosen = formatter if isinstance(formatter, RowFormatter) else formatter()
-                cm = np.zeros((len(chosen.labels), len(chosen.labels)), np.int64)
-                write(chosen.header())
-                return chosen
-
+            write(formatter.header())
             for result in stream:
-                rows = rows or start_output()
                 start = time.perf_counter()
                 for error in result.errors:
                     reporter.error(error)
                 batch = result.batch
                 if len(batch):
-                    write(rows.rows(batch.names, batch.positions, batch.labels, result.probabilities))
+                    write(formatter.rows(batch.names, batch.positions, batch.labels, result.probabilities))
                     if batch.labels is not None:
                         known = batch.labels >= 0
                         predicted = result.probabilities[known].argmax(axis=1)
-                        cm += confusion_matrix(batch.labels[known], predicted, len(rows.labels))
+                        cm += confusion_matrix(batch.labels[known], predicted, num_classes)
                 scored += len(batch)
                 bar.update(batch.seen)
                 clock.add("write", time.perf_counter() - start)
-            rows = rows or start_output()  # no batch at all: the header alone
     finally:
         bar.close()
     return Outcome(scored, time.perf_counter() - started, cm, clock)
@@ -464,15 +448,11 @@ def _run(args: argparse.Namespace) -> int:
             outcome = write_results(results, plan, formatter, args.out, reporter, progress)
         engine = f"Ray Data, {actors} inference actor(s) of {threads or 1} ONNX Runtime thread(s)"
     else:
-        # loading the model (importing ONNX Runtime, verifying, warming up) overlaps the first reads
-        with ThreadPoolExecutor(1, thread_name_prefix="digits-model") as loader:
-            loading = loader.submit(load_local_model, args.model, args.models_dir, device=args.device,
-                                    threads=threads, batch_size=batch_size, spinning=False)
-            fmt = args.format or default_format(args.out)
-            outcome = score_inputs(plan, LocalScorer(loading), options,
-                                   lambda: RowFormatter(fmt, loading.result().labels), args.out, reporter, progress)
-        model = loading.result()
+        model = load_local_model(args.model, args.models_dir, device=args.device, threads=threads,
+                                 batch_size=batch_size, spinning=False)
         name, version, labels = model.name, model.version, model.labels
+        formatter = RowFormatter(args.format or default_format(args.out), labels)
+        outcome = score_inputs(plan, LocalScorer(model), options, formatter, args.out, reporter, progress)
         device = model.provider.removesuffix("ExecutionProvider")
         engine = f"ONNX Runtime on {device}, {threads or 'all'} thread(s)"
 

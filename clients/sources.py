@@ -439,7 +439,7 @@ def _read_images(source: ImageFiles, offset: int, options: ReadOptions) -> Gener
         options.notes.append(f"{len(paths):,} image files: the first {done} took {per_file * 1e3:.2f} ms each "
                              f"(median), so they are decoded in {where}")
     if jobs > 0:
-        size = max(1, min(MAX_TASK_FILES, round(TASK_TARGET_S / per_file)))
+        size = max(1, min(MAX_TASK_FILES, round(TASK_TARGET_S / max(per_file, 1e-5))))
         tasks = [range(start, min(start + size, len(paths))) for start in range(done, len(paths), size)]
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=_worker_context())
         try:

@@ -1,14 +1,18 @@
 """Throughput of `digits score`, every figure measured side by side in one run; prints a markdown table.
 
 1. The local pipeline on the 10,000 MNIST test images read from the IDX file (as shipped, gzip,
-   and decompressed), with labels, CSV rows written to a file, against raw ONNX Runtime on the
-   same images already in memory as float32 at its best batch size; 1 and 2 intra-op threads.
-   Goal: >= 0.85 of raw.
-2. Image files (PNGs written to a temporary folder): decoded in the reading thread, by 1 and by
-   2 worker processes (the speed-up from the second core).
+   and decompressed), with labels, CSV rows written to a file, at its default settings for this
+   machine (and at 1 thread), against raw ONNX Runtime on the same images already in memory as
+   float32 at its best batch size, at the same thread count. Goal: >= 0.9 of raw.
+2. Image files, `digits score` as a command: small PNGs (28x28 MNIST digits) at the default
+   settings against decoding in the reading thread and in 2 worker processes (goal: the default
+   never slower than the reading thread); 640x480 JPEG photos in 1 and 2 worker processes (goal:
+   two >= 1.6x one) and at the default.
 3. A 28,000-row Kaggle test.csv to a submission, end to end (`digits score` as a subprocess,
-   start-up and model loading included) and in-process.
-4. Remote against local: the same IDX images (v2 binary tensors) and PNGs (multipart uploads)
+   start-up and model loading included) against in-process at the same settings (goal: >= 0.8).
+4. `--engine ray` (a local Ray instance on this machine) beside the local engine: the IDX file and
+   the PNG folder, `digits score` as a command (its own images/s figure: Ray's start-up excluded).
+5. Remote against local: the same IDX images (v2 binary tensors) and PNGs (multipart uploads)
    through `digits serve` on 127.0.0.1.
 
 Each figure is the best of --repeats runs, alternating between the contenders so that load
@@ -22,6 +26,7 @@ import gzip
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -35,18 +40,19 @@ from PIL import Image
 
 from clients.outputs import RowFormatter
 from clients.score import (
-    DEFAULT_BATCH_LOCAL,
     DEFAULT_BATCH_ONE_THREAD,
     LocalScorer,
     Reporter,
     Scorer,
+    default_settings,
     load_local_model,
     score_inputs,
 )
-from clients.sources import Plan, ReadOptions, plan_inputs
+from clients.sources import Plan, ReadOptions, cores, plan_inputs
 from core.idx import load_idx_images
 from core.kaggle import write_kaggle_csv
 from service.runtime import LoadedModel
+from testkit.score_inputs import photo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,6 +73,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="model name (default: the manifest's default model)")
     parser.add_argument("--repeats", type=int, default=5, help="runs per figure; the best counts (default: 5)")
     parser.add_argument("--pngs", type=int, default=4000, help="PNG files to write and score (default: 4000)")
+    parser.add_argument("--photos", type=int, default=400,
+                        help="640x480 JPEG photos to write and score (default: 400)")
+    parser.add_argument("--skip-ray", action="store_true", help="skip the Ray engine (default: run it)")
     parser.add_argument("--csv-rows", type=int, default=28000,
                         help="rows of the Kaggle test.csv, like the competition's (default: 28000)")
     parser.add_argument("--skip-remote", action="store_true", help="skip the remote measurements (default: run them)")
@@ -113,41 +122,48 @@ def bench_idx(args: argparse.Namespace, table: Table, tmp: Path) -> dict[int, Lo
     n = len(x)
     plans = {"IDX.gz": plan_inputs([str(images_path)], [str(labels_path)]),
              "raw IDX": plan_inputs([str(raw_idx)], [str(labels_path)])}
+    default = default_settings(plans["IDX.gz"], cores())
     models = {}
-    print(f"1. {n:,} MNIST test images: `digits score` against raw ONNX Runtime", flush=True)
-    for threads in (1, 2):
-        model = load_local_model(args.model, args.models_dir, device="cpu", threads=threads,
-                                 batch_size=max(BATCH_SIZES))
-        models[threads] = model
+    print(f"1. {n:,} MNIST test images: `digits score` against raw ONNX Runtime (defaults here: "
+          f"{default.threads} threads, batch {default.batch_size})", flush=True)
+    for threads in sorted({1, default.threads}):
+        # raw: ONNX Runtime's own defaults (idle threads spin); the pipeline: what `digits score` loads
+        raw_model = load_local_model(args.model, args.models_dir, device="cpu", threads=threads,
+                                     batch_size=max(BATCH_SIZES))
+        pipe_models = {"": load_local_model(args.model, args.models_dir, device="cpu", threads=threads,
+                                            batch_size=1024, spinning=False)}
+        if threads > 1:
+            pipe_models[", idle threads spinning"] = raw_model
+        models[threads] = pipe_models[""]
         for size in BATCH_SIZES:
-            model.run(x[:size])  # warm every shape once
+            raw_model.run(x[:size])  # warm every shape once
 
-        def raw(size: int, model: LoadedModel = model) -> None:
+        def raw(size: int, model: LoadedModel = raw_model) -> None:
             for start in range(0, n, size):
                 model.run(x[start : start + size])
 
+        size = DEFAULT_BATCH_ONE_THREAD if threads == 1 else default.batch_size
         raw_runs: dict[int, list[float]] = {size: [] for size in BATCH_SIZES}
-        pipe_runs: dict[tuple[str, int], list[float]] = {}
+        pipe_runs: dict[tuple[str, str], list[float]] = {}
         for _ in range(args.repeats):
-            for size in BATCH_SIZES:
-                raw_runs[size].append(timed(lambda size=size: raw(size)))
+            for batch in BATCH_SIZES:
+                raw_runs[batch].append(timed(lambda batch=batch: raw(batch)))
             for kind, plan in plans.items():
-                for size in (DEFAULT_BATCH_LOCAL, DEFAULT_BATCH_ONE_THREAD):
-                    pipe_runs.setdefault((kind, size), []).append(
+                for note, model in pipe_models.items():
+                    pipe_runs.setdefault((kind, note), []).append(
                         pipeline(plan, LocalScorer(model), ReadOptions(size, jobs=0), model.labels, tmp / "idx.csv")
                     )
-        best_size = min(BATCH_SIZES, key=lambda size: min(raw_runs[size]))
+        best_size = min(BATCH_SIZES, key=lambda batch: min(raw_runs[batch]))
         raw_rate = best_rate(n, raw_runs[best_size])
         table.add(f"raw ONNX Runtime, {threads} thread(s), float32 arrays in memory, best batch {best_size}",
                   raw_rate)
-        print("    raw by batch size: " + ", ".join(f"{size}: {best_rate(n, raw_runs[size]):,.0f}"
-                                                    for size in BATCH_SIZES))
-        default = DEFAULT_BATCH_ONE_THREAD if threads == 1 else DEFAULT_BATCH_LOCAL
-        for (kind, size), runs in pipe_runs.items():
+        print("    raw by batch size: " + ", ".join(f"{batch}: {best_rate(n, raw_runs[batch]):,.0f}"
+                                                    for batch in BATCH_SIZES))
+        is_default = " (the default here)" if threads == default.threads else ""
+        for (kind, note), runs in pipe_runs.items():
             rate = best_rate(n, runs)
-            note = " (its default)" if size == default else ""
-            table.add(f"`digits score` {kind} + labels -> CSV file, {threads} thread(s), batch {size}{note}",
-                      rate, f"raw, {threads} thread(s)", rate / raw_rate)
+            table.add(f"`digits score` {kind} + labels -> CSV file, {threads} thread(s), batch {size}{note}"
+                      f"{'' if note else is_default}", rate, f"raw, {threads} thread(s)", rate / raw_rate)
     return models
 
 
@@ -156,6 +172,14 @@ def write_pngs(folder: Path, count: int, mnist_dir: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         Image.fromarray(255 - images[i % len(images)]).save(folder / f"{i:05d}.png")  # dark ink on white paper
+
+
+def write_photos(folder: Path, count: int, mnist_dir: Path) -> None:
+    """640x480 JPEGs of digits on noisy paper: files that cost a few milliseconds each to decode."""
+    images = load_idx_images(mnist_dir / "t10k-images-idx3-ubyte.gz")
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        photo(images[i % len(images)], seed=i).save(folder / f"{i:05d}.jpg", quality=90)
 
 
 def cli_rate(argv: list[str]) -> float:
@@ -170,22 +194,50 @@ def cli_rate(argv: list[str]) -> float:
     return float(match.group(1).replace(",", ""))
 
 
-def bench_pngs(args: argparse.Namespace, table: Table, tmp: Path) -> dict[int, float]:
-    folder = tmp / "pngs"
-    write_pngs(folder, args.pngs, args.mnist_dir)
-    print(f"2. {args.pngs:,} PNG files (`digits score` as a command): decoded in the reading thread, by 1 and by "
-          "2 worker processes", flush=True)
-    rates: dict[int, list[float]] = {0: [], 1: [], 2: []}
+def best_cli_rates(args: argparse.Namespace, contenders: dict[str, list[str]], out: Path) -> dict[str, float]:
+    """Best images/s of each contender's `digits score` arguments, the contenders alternating."""
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(max(1, args.repeats // 2)):
-        for jobs in rates:
-            rates[jobs].append(cli_rate([str(folder), "--jobs", str(jobs), "--threads", "1", "--models-dir",
-                                         str(args.models_dir), "--out", str(tmp / "png.csv")]))
-    best = {jobs: max(runs) for jobs, runs in rates.items()}
-    table.add("`digits score` PNG folder, decoded in the reading thread (--jobs 0)", best[0])
-    table.add("`digits score` PNG folder, 1 worker process (--jobs 1)", best[1])
-    table.add("`digits score` PNG folder, 2 worker processes (--jobs 2)", best[2], "1 worker process",
-              best[2] / best[1])
-    return best
+        for name, argv in contenders.items():
+            rates[name].append(cli_rate([*argv, "--models-dir", str(args.models_dir), "--out", str(out)]))
+    return {name: max(runs) for name, runs in rates.items()}
+
+
+def bench_images(args: argparse.Namespace, table: Table, tmp: Path) -> dict[str, float]:
+    pngs, photos = tmp / "pngs", tmp / "photos"
+    write_pngs(pngs, args.pngs, args.mnist_dir)
+    write_photos(photos, args.photos, args.mnist_dir)
+    print(f"2. image files (`digits score` as a command): {args.pngs:,} small PNGs and {args.photos:,} 640x480 "
+          "JPEG photos", flush=True)
+    png = best_cli_rates(args, {"default": [str(pngs)], "thread": [str(pngs), "--jobs", "0"],
+                                "2 workers": [str(pngs), "--jobs", "2"]}, tmp / "png.csv")
+    table.add("`digits score` PNG folder, decoded in the reading thread (--jobs 0)", png["thread"])
+    table.add("`digits score` PNG folder, 2 worker processes (--jobs 2)", png["2 workers"], "reading thread",
+              png["2 workers"] / png["thread"])
+    table.add("`digits score` PNG folder, default settings", png["default"], "reading thread",
+              png["default"] / png["thread"])
+    jpg = best_cli_rates(args, {"1 worker": [str(photos), "--jobs", "1"], "2 workers": [str(photos), "--jobs", "2"],
+                                "default": [str(photos)]}, tmp / "photos.csv")
+    table.add("`digits score` 640x480 photos, 1 worker process (--jobs 1)", jpg["1 worker"])
+    table.add("`digits score` 640x480 photos, 2 worker processes (--jobs 2)", jpg["2 workers"], "1 worker process",
+              jpg["2 workers"] / jpg["1 worker"])
+    table.add("`digits score` 640x480 photos, default settings", jpg["default"], "1 worker process",
+              jpg["default"] / jpg["1 worker"])
+    return {"png": png["default"]}
+
+
+def bench_ray(args: argparse.Namespace, table: Table, tmp: Path) -> None:
+    images = str(args.mnist_dir / "t10k-images-idx3-ubyte.gz")
+    labels = str(args.mnist_dir / "t10k-labels-idx1-ubyte.gz")
+    print("4. --engine ray (a local Ray instance, started by each command) beside the local engine", flush=True)
+    idx = best_cli_rates(args, {"local": [images, "--labels", labels],
+                                "ray": [images, "--labels", labels, "--engine", "ray"]}, tmp / "ray.csv")
+    table.add("`digits score --engine ray` IDX.gz + labels -> CSV (Ray's start-up excluded)", idx["ray"],
+              "local engine, defaults", idx["ray"] / idx["local"])
+    png = best_cli_rates(args, {"local": [str(tmp / "pngs")], "ray": [str(tmp / "pngs"), "--engine", "ray"]},
+                         tmp / "ray.csv")
+    table.add("`digits score --engine ray` PNG folder", png["ray"], "local engine, defaults",
+              png["ray"] / png["local"])
 
 
 def bench_kaggle(args: argparse.Namespace, table: Table, tmp: Path, model: LoadedModel) -> None:
@@ -197,17 +249,27 @@ def bench_kaggle(args: argparse.Namespace, table: Table, tmp: Path, model: Loade
     submission = tmp / "submission.csv"
     command = [sys.executable, "-m", "cli", "score", str(test_csv), "--format", "kaggle", "--out", str(submission),
                "--quiet", "--models-dir", str(args.models_dir)] + (["--model", args.model] if args.model else [])
-    walls, inproc = [], []
+    walls, inproc, cpu_walls, cpu_inproc = [], [], [], []
     plan = plan_inputs([str(test_csv)])
+    size = default_settings(plan, cores()).batch_size
     for _ in range(max(1, args.repeats // 2)):
+        # CPU seconds too: on a machine shared with other jobs they vary less than wall time
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         walls.append(timed(lambda: subprocess.run(command, cwd=REPO, check=True, capture_output=True)))
-        inproc.append(pipeline(plan, LocalScorer(model), ReadOptions(DEFAULT_BATCH_LOCAL, jobs=0), model.labels,
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_walls.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+        cpu = time.process_time()
+        inproc.append(pipeline(plan, LocalScorer(model), ReadOptions(size, jobs=0), model.labels,
                                submission, fmt="kaggle"))
+        cpu_inproc.append(time.process_time() - cpu)
     lines = submission.read_text().count("\n")
     assert lines == len(images) + 1, f"the submission has {lines} lines"
+    table.add("the same, in-process (model loaded, default settings)", best_rate(len(images), inproc))
     table.add(f"`digits score test.csv --format kaggle`, {len(images):,} rows, whole command "
-              f"({min(walls):.2f} s incl. start-up)", best_rate(len(images), walls))
-    table.add("the same, in-process (model loaded, 2 threads)", best_rate(len(images), inproc))
+              f"({min(walls):.2f} s incl. start-up)", best_rate(len(images), walls), "in-process",
+              min(inproc) / min(walls))
+    print(f"    CPU seconds: whole command {min(cpu_walls):.2f}, in-process {min(cpu_inproc):.2f} "
+          f"(ratio {min(cpu_inproc) / min(cpu_walls):.2f})")
 
 
 def bench_remote(args: argparse.Namespace, table: Table, tmp: Path, model: LoadedModel,
@@ -230,14 +292,14 @@ def bench_remote(args: argparse.Namespace, table: Table, tmp: Path, model: Loade
                                            tmp / "r.csv"))
             finally:
                 client.close()
-            local_idx.append(pipeline(idx_plan, LocalScorer(model), ReadOptions(DEFAULT_BATCH_LOCAL, jobs=0),
+            local_idx.append(pipeline(idx_plan, LocalScorer(model), ReadOptions(1024, jobs=0),
                                       model.labels, tmp / "l.csv"))
     n = idx_plan.total or 1
     table.add("remote IDX.gz (v2 binary tensors, batch 256, 2 requests in flight)", best_rate(n, remote_idx),
-              "local IDX.gz (2 threads)", min(local_idx) / min(remote_idx))
+              "local IDX.gz (defaults)", min(local_idx) / min(remote_idx))
     remote_png_rate = best_rate(args.pngs, remote_png)
     table.add("remote PNG folder (multipart, batch 256, 2 requests in flight)", remote_png_rate,
-              "local PNG folder (--jobs 2)", remote_png_rate / local_png_rate)
+              "local PNG folder (defaults)", remote_png_rate / local_png_rate)
 
 
 def main() -> int:
@@ -247,18 +309,21 @@ def main() -> int:
               file=sys.stderr)
         return 2
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# digits score throughput: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    print(f"# digits score throughput: {platform.processor() or platform.machine()}, {cores()} cores to run on, "
           f"load average {load:.1f}, onnxruntime {ort.__version__}, best of {args.repeats}", flush=True)
     table = Table()
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp_dir:
         tmp = Path(tmp_dir)
         models = bench_idx(args, table, tmp)
-        png_rates = bench_pngs(args, table, tmp)
-        bench_kaggle(args, table, tmp, models[2])  # 2 threads, batch 1024: the defaults for arrays
+        default = models[max(models)]  # the default for arrays: one thread per core
+        png_rates = bench_images(args, table, tmp)
+        bench_kaggle(args, table, tmp, default)
+        if not args.skip_ray:
+            bench_ray(args, table, tmp)
         if not args.skip_remote:
-            bench_remote(args, table, tmp, models[2], png_rates[2])
+            bench_remote(args, table, tmp, default, png_rates["png"])
     print()
-    print(f"model: {models[2].name} v{models[2].version}; load average at the end "
+    print(f"model: {default.name} v{default.version}; load average at the end "
           f"{os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan'):.1f}")
     print(table.markdown())
     return 0

@@ -1,4 +1,5 @@
-"""Streaming stages for `digits score`: run a producer ahead in a thread, map work with a bounded window.
+"""Streaming stages for `digits score`: run a producer ahead in a thread, map work with a bounded window,
+and time what each stage is busy with.
 
 Both keep memory bounded whatever the input size: at most ``depth`` (or ``window``) items
 exist between the stage that makes them and the stage that uses them.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -126,3 +128,49 @@ def ordered_map(submit: Callable[[T], Future[R]], items: Iterable[T], window: in
     finally:
         for future in pending:
             future.cancel()
+
+
+class StageClock:
+    """Busy time of each pipeline stage: the seconds a stage spent on its own work, waits excluded.
+
+    Stages run in different threads; each adds to its own total (a float add under the GIL), so
+    the clock costs two ``perf_counter`` calls per batch and stage. ``shares(wall)`` says which
+    stage bounds the run: the one busy for (nearly) the whole wall time.
+    """
+
+    def __init__(self) -> None:
+        self.busy: dict[str, float] = {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.busy[stage] = self.busy.get(stage, 0.0) + seconds
+
+    def timed(self, items: Iterable[T], stage: str) -> Iterator[T]:
+        """``items``, adding the time spent producing each one to ``stage``."""
+        iterator = iter(items)
+        try:
+            while True:
+                start = time.perf_counter()
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    self.add(stage, time.perf_counter() - start)
+                    return
+                self.add(stage, time.perf_counter() - start)
+                yield item
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    def shares(self, wall_s: float) -> dict[str, float]:
+        """Each stage's busy time as a fraction of ``wall_s``, in the order the stages were first timed."""
+        return {stage: seconds / wall_s if wall_s > 0 else 0.0 for stage, seconds in self.busy.items()}
+
+    def summary(self, wall_s: float) -> str:
+        """One line: each stage's share of the wall time, and the stage that bounds the run."""
+        shares = self.shares(wall_s)
+        if not shares:
+            return "stages: nothing was timed"
+        parts = ", ".join(f"{stage} {share:.0%}" for stage, share in shares.items())
+        busiest = max(shares, key=shares.__getitem__)
+        return f"stages, busy share of the {wall_s:.2f} s: {parts} (busiest: {busiest})"

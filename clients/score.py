@@ -15,10 +15,12 @@ size streams through in bounded memory. This module never imports torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -28,8 +30,8 @@ from tqdm import tqdm
 
 from clients.batches import Batch, InputError, Scored
 from clients.outputs import FORMATS, RowFormatter, default_format, open_output
-from clients.pipeline import Prefetcher
-from clients.sources import ImageFiles, Plan, ReadOptions, UsageError, iter_batches, plan_inputs
+from clients.pipeline import Prefetcher, StageClock
+from clients.sources import ImageFiles, Plan, ReadOptions, UsageError, cores, iter_batches, plan_inputs
 from core.metrics import confusion_matrix, format_report
 from core.plots import PlottingUnavailable, require_matplotlib
 
@@ -44,13 +46,6 @@ DEFAULT_BATCH_REMOTE = 256  # the service's default limit of images per request 
 DEFAULT_CONCURRENCY = 2  # 2 x 256 images fill the service's default queue (512) without overflowing it
 MAX_ERRORS_SHOWN = 50  # bad inputs listed one by one; the summary counts all of them
 QUEUE_DEPTH = 4  # batches read ahead of inference
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _positive(text: str) -> int:
@@ -96,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "  digits score scans/ --out predictions.csv\n"
         "  digits score t10k-images-idx3-ubyte.gz --labels t10k-labels-idx1-ubyte.gz --plot cm.png\n"
         "  digits score test.csv --format kaggle --out submission.csv\n"
-        "  digits score train.csv --url http://127.0.0.1:8000 --concurrency 4 --batch-size 128"
+        "  digits score train.csv --url http://127.0.0.1:8000 --concurrency 4 --batch-size 128\n"
+        "  RAY_ADDRESS=ray://head:10001 digits score /shared/scans/ --engine ray --actors 16"
     )
     add = parser.add_argument
     add("inputs", nargs="+", metavar="INPUT",
@@ -120,15 +116,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop at the first bad input, writing no output (default: skip bad inputs and count them)")
     add("--quiet", action="store_true",
         help="no progress bar (default: a progress bar with images/s when standard error is a terminal)")
+    add("--verbose", action="store_true",
+        help="also print the settings chosen and each pipeline stage's busy share of the run's wall time "
+             "(read, preprocess, inference, write): the busiest stage bounds the speed (default: off)")
 
     add = parser.add_argument_group("model").add_argument
     add("--model", default=None, metavar="NAME",
         help="model name from the manifest, or a path to an .onnx file (default: the manifest's default "
              "model; with --url, the service's default model)")
     add("--batch-size", type=_positive, default=None, metavar="N",
-        help=f"images per inference call, or per request with --url (default: {DEFAULT_BATCH_LOCAL} local, "
-             f"{DEFAULT_BATCH_ONE_THREAD} with one ONNX Runtime thread, {DEFAULT_BATCH_REMOTE} remote: the "
-             "service's default limit of images per request)")
+        help=f"images per inference call, or per request with --url (default: {DEFAULT_BATCH_ONE_THREAD} with "
+             f"one ONNX Runtime thread, {DEFAULT_BATCH_LOCAL} with several or with --engine ray, "
+             f"{DEFAULT_BATCH_REMOTE} remote: the service's default limit of images per request)")
 
     add = parser.add_argument_group("local mode").add_argument
     add("--models-dir", type=Path, default=None, metavar="DIR",
@@ -137,11 +136,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--device", choices=("auto", "cpu", "cuda"), default="auto",
         help="auto: CUDA when onnxruntime-gpu and a GPU are present, else CPU (default: auto)")
     add("--threads", type=_non_negative, default=None, metavar="N",
-        help="ONNX Runtime intra-op threads; 0: one per core (default: 1 when worker processes decode image "
-             "files, as they need the cores; otherwise 2, or 1 on a single core)")
+        help=f"ONNX Runtime intra-op threads; 0: one per core (default: one per core, {cores()} here, when IDX "
+             "or CSV inputs are among the inputs; 1 when all inputs are image files, whose decoding bounds the "
+             "speed; with --engine ray, threads of each actor: 1)")
     add("--jobs", type=_non_negative, default=None, metavar="N",
-        help=f"worker processes decoding image files; 0 decodes them in the reading thread (default: one per "
-             f"core, {_cores()} here)")
+        help=f"worker processes decoding image files; 0 decodes them in the reading thread (default: measured: "
+             f"the first files are decoded in the reading thread and timed; the rest go to one worker per core, "
+             f"{cores()} here, where a file takes 1 ms or more, e.g. photos, and stay in the reading thread "
+             "otherwise, e.g. small scans)")
+
+    add = parser.add_argument_group("engine").add_argument
+    add("--engine", choices=("local", "ray"), default="local",
+        help="local: this process (ONNX Runtime in a thread, decoding processes); ray: Ray Data, on a local Ray "
+             "instance sized to this machine, or on the cluster at $RAY_ADDRESS when it is set (needs the "
+             "distributed extra; see README, Batch scoring) (default: local)")
+    add("--actors", type=_positive, default=None, metavar="N",
+        help="--engine ray: inference actors, each holding one ONNX Runtime session (default: one per 2 CPUs "
+             "of the Ray cluster)")
 
     add = parser.add_argument_group("remote mode").add_argument
     add("--url", default=None,
@@ -194,16 +205,19 @@ class LocalScorer:
 
 
 def load_local_model(
-    model: str | None, models_dir: Path | None, *, device: str = "auto", threads: int = 1, batch_size: int = 1
+    model: str | None, models_dir: Path | None, *, device: str = "auto", threads: int = 1, batch_size: int = 1,
+    spinning: bool = True,
 ) -> LoadedModel:
-    """The manifest's model ``model`` (or its default), or an .onnx file, verified like the service does."""
+    """The manifest's model ``model`` (or its default), or an .onnx file, verified like the service does.
+    ``spinning=False`` lets idle ONNX Runtime threads sleep, leaving the cores to the other stages."""
     from service.runtime import ModelError, load_model, read_manifest, select_providers
 
     try:
         providers = select_providers(device)
         warmup = (batch_size,)
         if model and model.endswith(".onnx") and Path(model).is_file():
-            return load_model(model, providers=providers, intra_op_threads=threads, warmup_batch_sizes=warmup)
+            return load_model(model, providers=providers, intra_op_threads=threads, warmup_batch_sizes=warmup,
+                              spinning=spinning)
         manifest = read_manifest(models_dir or _default_models_dir())
         wanted = model or manifest.default_model or manifest.entries[0].name
         entry = next((e for e in manifest.entries if e.name == wanted), None)
@@ -212,17 +226,39 @@ def load_local_model(
             raise UsageError(f"no model {wanted!r} in {manifest.path}; it lists: {known}")
         return load_model(entry.file, name=entry.name, expected_sha256=entry.sha256, version=entry.version,
                           providers=providers, intra_op_threads=threads, warmup_batch_sizes=warmup,
-                          manifest=entry.raw)
+                          manifest=entry.raw, spinning=spinning)
     except ModelError as exc:
         raise UsageError(str(exc)) from None
 
 
-def default_threads(plan: Plan, jobs: int) -> int:
-    """1 when worker processes decode image files (they are the bottleneck and need the cores);
-    otherwise 2 where there are 2 cores (bench/bench_score.py measures 1 against 2)."""
-    if jobs > 0 and any(isinstance(s, ImageFiles) for s in plan.sources):
-        return 1
-    return min(2, _cores())
+@dataclass(frozen=True)
+class Settings:
+    """The pipeline's knobs for one run, from the command line or from ``default_settings``."""
+
+    threads: int  # ONNX Runtime intra-op threads (0: one per core)
+    batch_size: int
+    jobs: int | None  # decoding worker processes; None: measured per image source (see clients.sources)
+
+
+def default_settings(plan: Plan, n_cores: int, remote: bool = False, engine: str = "local") -> Settings:
+    """The documented rule (README, "Batch scoring"; measured in bench/bench_score.py):
+
+    - threads: one per core when IDX or CSV arrays are among the inputs (inference bounds them; reading,
+      writing and decompression are light enough to share the cores, ONNX Runtime's idle threads sleeping
+      instead of spinning); 1 when all inputs are image files (decoding bounds them: one thread scores
+      tens of thousands of images a second, far more than the files decode at).
+    - batch size: 128 with one thread (batches that stay in the CPU caches are fastest), 1024 with
+      several (large batches share out across threads); remote: 256, the service's default request limit.
+    - decoding processes: measured per image source: the reading thread decodes the first files and
+      hands the rest to one worker process per core only where a file takes a millisecond or more.
+    """
+    if remote:
+        return Settings(threads=1, batch_size=DEFAULT_BATCH_REMOTE, jobs=0)
+    if engine == "ray":  # more actors instead of more threads per actor; large batches amortise Ray's overhead
+        return Settings(threads=1, batch_size=DEFAULT_BATCH_LOCAL, jobs=0)
+    arrays = any(not isinstance(source, ImageFiles) for source in plan.sources)
+    threads = n_cores if arrays else 1
+    return Settings(threads, DEFAULT_BATCH_ONE_THREAD if threads == 1 else DEFAULT_BATCH_LOCAL, None)
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -259,6 +295,7 @@ class Outcome:
     scored: int
     elapsed_s: float
     confusion: np.ndarray  # int64 [C, C], the labelled images only
+    stages: StageClock
 
 
 def score_inputs(
@@ -270,29 +307,60 @@ def score_inputs(
     reporter: Reporter,
     progress: str | None = "scoring",
 ) -> Outcome:
-    """Read, score and write every input; three stages overlap, each in its own thread:
+    """Read, score and write every input; the stages overlap, each in its own thread:
 
-        reading thread:  iter_batches -> scorer.prepare  (image files: decoded by worker processes)
+        reading thread:  iter_batches -> scorer.prepare  (image files: decoded here or by worker processes)
         scoring thread:  scorer.map (ONNX Runtime, or HTTP requests)
         this thread:     output rows, confusion matrix, progress bar
 
-    with at most QUEUE_DEPTH batches waiting between two stages.
+    with at most QUEUE_DEPTH batches waiting between two stages. Each stage's busy time is
+    measured (``Outcome.stages``): at good settings inference is the only stage busy all the time.
     """
+    clock = StageClock()
+
+    def prepare(batch: Batch) -> Batch:
+        start = time.perf_counter()
+        batch = scorer.prepare(batch)
+        clock.add("preprocess", time.perf_counter() - start)
+        return batch
+
+    @contextlib.contextmanager
+    def results() -> Iterator[Iterator[Scored]]:
+        batches = map(prepare, clock.timed(iter_batches(plan.sources, options), "read"))
+        with Prefetcher(batches, depth=QUEUE_DEPTH, name="digits-reader") as ready:
+            waits = clock.timed(ready, "inference (waiting)")
+            with Prefetcher(clock.timed(scorer.map(waits), "inference"), depth=QUEUE_DEPTH,
+                            name="digits-scorer") as scored:
+                yield scored
+        # the scoring thread's time includes its waits for the reader: keep its own work only
+        clock.add("inference", -clock.busy.pop("inference (waiting)", 0.0))
+
+    return write_results(results(), plan, formatter, out, reporter, progress, clock)
+
+
+def write_results(
+    results: AbstractContextManager[Iterator[Scored]],
+    plan: Plan,
+    formatter: RowFormatter,
+    out: Path | None,
+    reporter: Reporter,
+    progress: str | None = "scoring",
+    clock: StageClock | None = None,
+) -> Outcome:
+    """Write the rows of scored batches (in input order) to ``out``, report their bad inputs, count the
+    confusion matrix and drive the progress bar; shared by every engine, so all write the same bytes."""
+    clock = clock or StageClock()
     started = time.perf_counter()
     num_classes = len(formatter.labels)
     cm = np.zeros((num_classes, num_classes), np.int64)
     scored = 0
     bar = tqdm(total=plan.total, unit="img", unit_scale=True, desc=progress, file=sys.stderr,
                disable=True if progress is None else None, dynamic_ncols=True, smoothing=0.05)
-    batches = map(scorer.prepare, iter_batches(plan.sources, options))
     try:
-        with (
-            Prefetcher(batches, depth=QUEUE_DEPTH, name="digits-reader") as ready,
-            Prefetcher(scorer.map(ready), depth=QUEUE_DEPTH, name="digits-scorer") as results,
-            open_output(out) as write,
-        ):
+        with results as stream, open_output(out) as write:
             write(formatter.header())
-            for result in results:
+            for result in stream:
+                start = time.perf_counter()
                 for error in result.errors:
                     reporter.error(error)
                 batch = result.batch
@@ -304,9 +372,10 @@ def score_inputs(
                         cm += confusion_matrix(batch.labels[known], predicted, num_classes)
                 scored += len(batch)
                 bar.update(batch.seen)
+                clock.add("write", time.perf_counter() - start)
     finally:
         bar.close()
-    return Outcome(scored, time.perf_counter() - started, cm)
+    return Outcome(scored, time.perf_counter() - started, cm, clock)
 
 
 # --------------------------------------------------------------------------- the command
@@ -335,17 +404,18 @@ def _run(args: argparse.Namespace) -> int:
         except PlottingUnavailable as exc:
             raise UsageError(str(exc)) from None
     remote = args.url is not None
-    jobs = _cores() if args.jobs is None else args.jobs
+    if remote and args.engine != "local":
+        raise UsageError(f"--url scores with a running service, --engine {args.engine} on its own workers: "
+                         "choose one")
     reporter = Reporter(strict=args.strict)
     plan = plan_inputs(args.inputs, args.labels, args.folder_labels)
     for error in plan.errors:
         reporter.error(error)
     if not plan.sources:
         raise Abort("nothing to score: no usable input (see above)")
-    threads = default_threads(plan, jobs) if args.threads is None else args.threads
-    default_batch = DEFAULT_BATCH_ONE_THREAD if threads == 1 else DEFAULT_BATCH_LOCAL
-    batch_size = args.batch_size or (DEFAULT_BATCH_REMOTE if remote else default_batch)
-    options = ReadOptions(batch_size=batch_size, decode=not remote, jobs=jobs, strict=args.strict)
+    settings = chosen_settings(args, plan, remote)
+    threads, batch_size = settings.threads, settings.batch_size
+    options = ReadOptions(batch_size=batch_size, decode=not remote, jobs=settings.jobs, strict=args.strict)
     progress = None if args.quiet else "scoring"
 
     if remote:
@@ -370,9 +440,22 @@ def _run(args: argparse.Namespace) -> int:
         engine = f"{client.url}, {args.concurrency} requests at a time"
         if client.retried:
             engine += f", {client.retried} retries"
+    elif args.engine == "ray":
+        from clients import ray_engine
+
+        ray_engine.import_ray()  # a usage error now, before anything is read, when Ray is not installed
+        model = load_local_model(args.model, args.models_dir, device="cpu", threads=1, batch_size=1)
+        name, version, labels = model.name, model.version, model.labels
+        formatter = RowFormatter(args.format or default_format(args.out), labels)
+        with ray_engine.ray_session() as ray:
+            actors = args.actors or ray_engine.default_actors(int(ray.cluster_resources().get("CPU", 1)))
+            ray_settings = ray_engine.RaySettings(actors=actors, threads=threads or 1, batch_size=batch_size)
+            results = ray_engine.scored_batches(plan, options, model, ray_settings)
+            outcome = write_results(results, plan, formatter, args.out, reporter, progress)
+        engine = f"Ray Data, {actors} inference actor(s) of {threads or 1} ONNX Runtime thread(s)"
     else:
         model = load_local_model(args.model, args.models_dir, device=args.device, threads=threads,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, spinning=False)
         name, version, labels = model.name, model.version, model.labels
         formatter = RowFormatter(args.format or default_format(args.out), labels)
         outcome = score_inputs(plan, LocalScorer(model), options, formatter, args.out, reporter, progress)
@@ -388,7 +471,31 @@ def _run(args: argparse.Namespace) -> int:
     if reporter.failed:
         summary += f"; {reporter.failed:,} bad input(s) skipped (listed above)"
     print(summary, file=sys.stderr)
+    if args.verbose:
+        print(_verbose_report(settings, options, outcome, engine), file=sys.stderr)
     return 1 if reporter.failed else 0
+
+
+def chosen_settings(args: argparse.Namespace, plan: Plan, remote: bool) -> Settings:
+    """The command line's settings, each one left unset taken from ``default_settings``."""
+    default = default_settings(plan, cores(), remote, args.engine)
+    threads = default.threads if args.threads is None else args.threads
+    if args.batch_size is not None:
+        batch_size = args.batch_size
+    elif args.threads is not None and not remote and args.engine == "local":  # the size that suits --threads
+        batch_size = DEFAULT_BATCH_ONE_THREAD if threads == 1 else DEFAULT_BATCH_LOCAL
+    else:
+        batch_size = default.batch_size
+    return Settings(threads, batch_size, default.jobs if args.jobs is None else args.jobs)
+
+
+def _verbose_report(settings: Settings, options: ReadOptions, outcome: Outcome, engine: str) -> str:
+    jobs = "measured per image source" if settings.jobs is None else str(settings.jobs)
+    lines = [f"settings: {cores()} core(s) here; {engine}; batch {settings.batch_size}; decoding processes: "
+             f"{jobs if engine.startswith('ONNX') else 'none here'}"]
+    lines += options.notes
+    lines.append(outcome.stages.summary(outcome.elapsed_s))
+    return "\n".join(lines)
 
 
 def _report(args: argparse.Namespace, outcome: Outcome, labels: list[str], title: str) -> None:

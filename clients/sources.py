@@ -18,11 +18,13 @@ use it as the ImageId, so ids stay aligned with the input rows when a row is ski
 
 from __future__ import annotations
 
+import functools
 import glob
 import gzip
 import multiprocessing
 import os
 import struct
+import time
 import zlib
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -31,8 +33,14 @@ from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import BinaryIO
 
+try:  # ISA-L's gzip: the same bytes, decompressed 2-3x faster than zlib (bench/bench_score.py)
+    from isal import igzip as _gzip
+    from isal.isal_zlib import error as _IsalError
+except ImportError:  # an install without the serve extra: the standard library's gzip
+    _gzip = gzip  # type: ignore[misc]
+    _IsalError = zlib.error  # type: ignore[misc,assignment]
+
 import numpy as np
-from PIL import Image
 
 from clients.batches import Batch, InputError, error_batch
 from clients.pipeline import ordered_map
@@ -40,18 +48,38 @@ from core.contract import IMAGE_PIXELS, IMAGE_SIDE
 from core.files import DataError
 from core.idx import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, load_idx_labels
 from core.kaggle import CsvFormatError, iter_kaggle_csv
-from service.preprocess import DEFAULT_MAX_PIXELS, SUPPORTED_FORMATS, PreprocessError, preprocess_image_bytes
 
-# File name endings taken as images inside folders: those Pillow maps to a supported format.
-IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    ext for ext, fmt in Image.registered_extensions().items() if fmt in SUPPORTED_FORMATS
-)
+# Pillow and the service's preprocessing load only where image files are read: an IDX or CSV run starts
+# without them (Pillow's registry of formats alone imports every plugin).
+_PREPROCESS = "service.preprocess"
+
+
+@functools.cache
+def image_suffixes() -> frozenset[str]:
+    """File name endings taken as images inside folders: those Pillow maps to a supported format."""
+    from PIL import Image
+
+    from service.preprocess import SUPPORTED_FORMATS
+
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in SUPPORTED_FORMATS)
+
+
 MNIST_PIXELS = IMAGE_PIXELS
 _IDX_HEADER = struct.Struct(">IIII")  # magic, count, rows, columns
 _GZIP_MAGIC = b"\x1f\x8b"
 _GLOB_CHARS = frozenset("*?[")
-TASK_FILES = 32  # image files per decoding task: ~10-20 ms of work, so the IPC cost stays small
-MIN_FILES_FOR_WORKERS = 256  # fewer files decode faster in the reading thread than worker processes start
+# Decoding image files: in the reading thread, or in worker processes where a file's decode cost pays for
+# the processes and their traffic. With --jobs unset the first PROBE_FILES files are decoded here, one at a
+# time, and timed; the rest go to one worker per core when the median file took POOL_MIN_FILE_S or more
+# (bench/bench_score.py: a 28x28 PNG takes ~0.25 ms, and two workers were slower than the reading thread;
+# a 640x480 photo takes 2-4 ms, and two workers give ~1.8x one) and they are POOL_MIN_WORK_S of work at least.
+PROBE_FILES = 16
+POOL_MIN_FILE_S = 0.001
+POOL_MIN_WORK_S = 0.5
+TASK_FILES = 32  # image files per task decoded in the reading thread
+TASK_TARGET_S = 0.02  # seconds of decoding per worker task: its IPC (a path list out, float32 [k,28,28] back) is
+MAX_TASK_FILES = 256  # then a few percent of it
+_GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, _IsalError)
 
 
 class UsageError(Exception):
@@ -194,7 +222,7 @@ def _walk(root: str, errors: list[InputError]) -> list[str]:
         found.extend(
             os.path.join(folder, name)
             for name in sorted(names)
-            if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+            if os.path.splitext(name)[1].lower() in image_suffixes()
         )
     return found
 
@@ -202,14 +230,16 @@ def _walk(root: str, errors: list[InputError]) -> list[str]:
 def _kind(path: Path, explicit: bool) -> str:
     """"image", "csv", "idx", or the reason the file cannot be used."""
     suffix = path.suffix.lower()
-    if suffix in IMAGE_SUFFIXES or not explicit:
+    if not explicit:
         return "image"
     if suffix == ".csv":
         return "csv"
+    if suffix in image_suffixes():
+        return "image"
     try:
         with _open_maybe_gzip(path) as f:
             head = f.read(8)
-    except (OSError, EOFError, zlib.error) as exc:
+    except (OSError, *_GZIP_ERRORS) as exc:
         return f"cannot read the file: {getattr(exc, 'strerror', None) or exc}"
     if head[:4] in (IDX_IMAGES_MAGIC.to_bytes(4, "big"), IDX_LABELS_MAGIC.to_bytes(4, "big")):
         return "idx"
@@ -227,7 +257,7 @@ def _open_maybe_gzip(path: Path) -> BinaryIO:
     except OSError:
         raw.close()
         raise
-    return gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw  # type: ignore[return-value]
+    return _gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw  # type: ignore[return-value]
 
 
 def _idx_header(f: BinaryIO) -> int:
@@ -249,7 +279,7 @@ def _idx_count(path: Path) -> int:
     try:
         with _open_maybe_gzip(path) as f:
             return _idx_header(f)
-    except (OSError, EOFError, zlib.error) as exc:
+    except (OSError, *_GZIP_ERRORS) as exc:
         raise _Bad(f"cannot read the file: {getattr(exc, 'strerror', None) or exc}") from None
 
 
@@ -275,9 +305,10 @@ def _idx_labels(path: str | Path | None, count: int) -> np.ndarray | None:
 class ReadOptions:
     batch_size: int
     decode: bool = True  # image files -> pixels here (local mode); False: keep the encoded bytes (remote)
-    jobs: int = 1  # worker processes decoding image files; 0 decodes in the reading thread
+    jobs: int | None = None  # worker processes decoding image files; 0: the reading thread; None: measure
     strict: bool = False  # stop at the first bad input
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int | None = None  # larger images are refused; None: the service's preprocessing default
+    notes: list[str] = field(default_factory=list, compare=False)  # choices made while reading (--verbose)
 
 
 def iter_batches(sources: Sequence[Source], options: ReadOptions) -> Iterator[Batch]:
@@ -286,13 +317,17 @@ def iter_batches(sources: Sequence[Source], options: ReadOptions) -> Iterator[Ba
         raise ValueError(f"batch_size must be at least 1, got {options.batch_size}")
     offset = 0
     for source in sources:
-        if isinstance(source, ImageFiles):
-            reader = _read_images(source, offset, options)
-        elif isinstance(source, IdxImages):
-            reader = _read_idx(source, offset, options)
-        else:
-            reader = _read_csv(source, offset, options)
-        offset += yield from reader
+        offset += yield from read_source(source, offset, options)
+
+
+def read_source(source: Source, offset: int, options: ReadOptions) -> Generator[Batch, None, int]:
+    """One source's batches, its items numbered from ``offset + 1``; returns its item count (failed
+    items included), the offset of the next source."""
+    if isinstance(source, ImageFiles):
+        return (yield from _read_images(source, offset, options))
+    if isinstance(source, IdxImages):
+        return (yield from _read_idx(source, offset, options))
+    return (yield from _read_csv(source, offset, options))
 
 
 def _read_idx(source: IdxImages, offset: int, options: ReadOptions) -> Generator[Batch, None, int]:
@@ -332,7 +367,7 @@ def _read_idx(source: IdxImages, offset: int, options: ReadOptions) -> Generator
                 )
     except _Bad as exc:
         yield error_batch([InputError(path, str(exc))], seen=source.count - done)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+    except _GZIP_ERRORS as exc:
         reason = f"the gzip stream is truncated or corrupt ({exc}) after {done:,} images; download it again"
         yield error_batch([InputError(path, reason)], seen=source.count - done)
     except OSError as exc:
@@ -369,7 +404,7 @@ def _read_csv(source: KaggleCsv, offset: int, options: ReadOptions) -> Generator
     return last_line - 1
 
 
-def _folder_label(path: str) -> int:
+def folder_label(path: str) -> int:
     """The name of the nearest enclosing folder named 0-9 (digits/7/scans/a.png -> 7), else -1."""
     for name in reversed(Path(path).parent.parts):
         if len(name) == 1 and name.isdigit():
@@ -378,46 +413,84 @@ def _folder_label(path: str) -> int:
 
 
 def _read_images(source: ImageFiles, offset: int, options: ReadOptions) -> Generator[Batch, None, int]:
-    """Decode (or just read) the files in tasks of TASK_FILES, regrouped into batches of batch_size."""
+    """Decode (or just read) the files in tasks, regrouped into batches of batch_size: in the reading
+    thread, or by worker processes (``--jobs N``, or where the probe finds decoding costly: see PROBE_FILES)."""
     paths = source.paths
-    tasks = [range(start, min(start + TASK_FILES, len(paths))) for start in range(0, len(paths), TASK_FILES)]
     work = decode_files if options.decode else read_files
     regroup = _Regroup(source, offset, options)
-    if options.decode and options.jobs > 0 and len(paths) >= MIN_FILES_FOR_WORKERS:
-        pool = ProcessPoolExecutor(max_workers=options.jobs, mp_context=_worker_context())
+    jobs, done, per_file = options.jobs, 0, POOL_MIN_FILE_S
+    if not options.decode:
+        jobs = 0  # reading undecoded bytes costs too little to ship between processes
+    elif jobs is None:
+        probe = range(min(PROBE_FILES, len(paths)))
+        seconds: list[float] = []
+        for i in probe:  # one at a time, for the median: the first file also pays Pillow's start-up
+            start = time.perf_counter()
+            result = work([paths[i]], options.max_pixels)
+            seconds.append(time.perf_counter() - start)
+            yield from regroup.add(range(i, i + 1), result)
+        done = len(probe)
+        per_file = float(np.median(seconds)) if seconds else 0.0
+        costly = per_file >= POOL_MIN_FILE_S and per_file * (len(paths) - done) >= POOL_MIN_WORK_S
+        jobs = cores() if costly and cores() > 1 else 0
+        where = f"{jobs} worker processes" if jobs else "the reading thread"
+        options.notes.append(f"{len(paths):,} image files: the first {done} took {per_file * 1e3:.2f} ms each "
+                             f"(median), so they are decoded in {where}")
+    if jobs > 0:
+        size = max(1, min(MAX_TASK_FILES, round(TASK_TARGET_S / max(per_file, 1e-5))))
+        tasks = [range(start, min(start + size, len(paths))) for start in range(done, len(paths), size)]
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=_worker_context())
         try:
-            done = ordered_map(
+            results = ordered_map(
                 lambda task: pool.submit(work, [paths[i] for i in task], options.max_pixels),
                 tasks,
-                window=4 * options.jobs,  # enough to keep every worker busy, few enough to bound memory
+                window=4 * jobs,  # enough to keep every worker busy, few enough to bound memory
             )
-            for task, result in zip(tasks, done, strict=True):
+            for task, result in zip(tasks, results, strict=True):
                 yield from regroup.add(task, result)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     else:
-        for task in tasks:
+        for start in range(done, len(paths), TASK_FILES):
+            task = range(start, min(start + TASK_FILES, len(paths)))
             yield from regroup.add(task, work([paths[i] for i in task], options.max_pixels))
     yield from regroup.flush()
     return len(paths)
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 # (pixels float32 [k, 28, 28] or encoded bytes, indices of the k good files, (index, reason) of the bad ones)
 TaskResult = tuple[np.ndarray | list[bytes], list[int], list[tuple[int, str]]]
 
 
-def decode_files(paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> TaskResult:
+def decode_files(paths: list[str], max_pixels: int | None = None) -> TaskResult:
     """Read and preprocess image files (runs in a worker process): the service's preprocessing, per file."""
-    out = np.empty((len(paths), 28, 28), np.float32)
+    blobs, read, bad = read_files(paths)
+    pixels, decoded, undecodable = decode_blobs(blobs, max_pixels)
+    bad += [(read[i], reason) for i, reason in undecodable]
+    bad.sort()
+    return pixels, [read[i] for i in decoded], bad
+
+
+def decode_blobs(blobs: Sequence[bytes], max_pixels: int | None = None) -> TaskResult:
+    """Preprocess encoded image files (``service.preprocess``, as for an upload): float32 [k, 28, 28]
+    for the k that decode, their indices, and (index, reason) for the others. Every engine decodes here."""
+    from service.preprocess import DEFAULT_MAX_PIXELS, PreprocessError, preprocess_image_bytes
+
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    out = np.empty((len(blobs), 28, 28), np.float32)
     good: list[int] = []
     bad: list[tuple[int, str]] = []
-    for i, path in enumerate(paths):
+    for i, data in enumerate(blobs):
         try:
-            with open(path, "rb") as f:
-                data = f.read()
             out[len(good)] = preprocess_image_bytes(data, max_pixels=max_pixels)
-        except OSError as exc:
-            bad.append((i, f"cannot read the file: {exc.strerror or exc}"))
         except PreprocessError as exc:
             bad.append((i, str(exc)))
         else:
@@ -425,9 +498,10 @@ def decode_files(paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> Task
     return out[: len(good)], good, bad
 
 
-def read_files(paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> TaskResult:
-    """Read image files undecoded (remote mode: the service decodes them)."""
-    del max_pixels  # the service applies its own limit
+def read_files(paths: list[str], max_pixels: int | None = None) -> tuple[list[bytes], list[int],
+                                                                                list[tuple[int, str]]]:
+    """Read image files undecoded (remote mode: the service decodes them, and applies its own limit)."""
+    del max_pixels
     blobs: list[bytes] = []
     good: list[int] = []
     bad: list[tuple[int, str]] = []
@@ -448,7 +522,7 @@ def _worker_context() -> BaseContext:
     worker also imports the main script (as ``__mp_main__``): for `digits` that is the small cli.py."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])  # workers start with numpy, Pillow and this module loaded
+        context.set_forkserver_preload([__name__, _PREPROCESS])  # workers start with numpy, Pillow and these
         return context
     return multiprocessing.get_context("spawn")
 
@@ -497,7 +571,7 @@ class _Regroup:
         paths = self.source.paths
         labels = None
         if self.source.folder_labels:
-            labels = np.fromiter((_folder_label(paths[i]) for i in indices), np.int64, len(indices))
+            labels = np.fromiter((folder_label(paths[i]) for i in indices), np.int64, len(indices))
         batch = Batch(
             [paths[i] for i in indices],
             np.asarray(indices, np.int64) + self.offset + 1,

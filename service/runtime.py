@@ -202,13 +202,17 @@ def _check_signature(session: ort.InferenceSession, path: Path) -> int:
     return int(next(iter(sizes)))
 
 
-def session_options(intra_op_threads: int) -> ort.SessionOptions:
+def session_options(intra_op_threads: int, spinning: bool = True) -> ort.SessionOptions:
+    """``spinning=False``: idle intra-op threads sleep instead of spinning, leaving the cores to other
+    work of the same process (the batch scorer's reading and writing threads, its decoding processes)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
@@ -222,6 +226,7 @@ def load_model(
     intra_op_threads: int = 1,
     warmup_batch_sizes: tuple[int, ...] = (1, 64),
     manifest: Mapping[str, Any] | None = None,
+    spinning: bool = True,
 ) -> LoadedModel:
     """Verify and load one ONNX file, then warm it up at the given batch sizes."""
     path = Path(path)
@@ -235,7 +240,8 @@ def load_model(
         )
     providers = providers or [CPU]
     try:
-        session = ort.InferenceSession(str(path), session_options(intra_op_threads), providers=_with_options(providers))
+        session = ort.InferenceSession(str(path), session_options(intra_op_threads, spinning),
+                                       providers=_with_options(providers))
     except _ORT_ERRORS as exc:
         raise ModelError(f"{path}: ONNX Runtime cannot load it: {exc}") from None
     if providers[0] == CUDA and session.get_providers()[0] != CUDA:

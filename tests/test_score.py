@@ -76,13 +76,20 @@ def write_digit_files(root: Path, images: np.ndarray, labels: np.ndarray) -> Non
         picture.save(path, quality=95)
 
 
+def write_pngs(folder: Path, images: np.ndarray) -> Path:
+    """MNIST digits as small PNG files 00.png, 01.png, ... in a new folder."""
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:02d}.png")
+    return folder
+
+
 # --- image files ---------------------------------------------------------------------------------
 
 
 def test_image_folders_and_globs_give_the_service_s_digits(
-    tmp_path: Path, score: Score, client, mnist_test_sample, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, score: Score, client, mnist_test_sample
 ) -> None:
-    monkeypatch.setattr(sources, "MIN_FILES_FOR_WORKERS", 0)  # decode in worker processes, even these few
     images, labels = mnist_test_sample
     root = tmp_path / "digits"
     write_digit_files(root, images[:60], labels[:60])
@@ -222,6 +229,28 @@ def test_kaggle_train_csv_prints_accuracy_and_plots_the_confusion_matrix(
         assert picture.format == "PNG" and picture.width > 300
 
 
+def test_decoding_goes_to_worker_processes_only_where_a_file_costs_enough(
+    tmp_path: Path, score: Score, mnist_test_sample, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_pngs(tmp_path / "scans", mnist_test_sample[0][:40])
+    out = tmp_path / "out.csv"
+
+    code, _, small = score(str(folder), "--verbose", "--out", str(out))
+    assert code == 0, small
+    assert "40 image files: the first 16 took" in small and "so they are decoded in the reading thread" in small
+    assert "stages, busy share of the" in small and "inference" in small and "write" in small
+    in_thread = out.read_bytes()
+
+    # files that took as long as photos: the same probe sends them to worker processes
+    monkeypatch.setattr(sources, "POOL_MIN_FILE_S", 0.0)
+    monkeypatch.setattr(sources, "POOL_MIN_WORK_S", 0.0)
+    monkeypatch.setattr(sources, "cores", lambda: 2)
+    code, _, costly = score(str(folder), "--verbose", "--out", str(out))
+    assert code == 0, costly
+    assert "so they are decoded in 2 worker processes" in costly
+    assert out.read_bytes() == in_thread
+
+
 # --- bad inputs ----------------------------------------------------------------------------------
 
 
@@ -299,10 +328,7 @@ def test_strict_stops_at_the_first_bad_input_and_leaves_the_output_untouched(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed", "out.csv", "test.csv"]  # no temporary left
 
 
-def test_strict_stops_at_a_bad_image_file(
-    tmp_path: Path, score: Score, mnist_test_sample, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sources, "MIN_FILES_FOR_WORKERS", 0)
+def test_strict_stops_at_a_bad_image_file(tmp_path: Path, score: Score, mnist_test_sample) -> None:
     images, _ = mnist_test_sample
     folder = bad_inputs(tmp_path, images)["folder"]
     out = tmp_path / "out.csv"
@@ -330,16 +356,15 @@ def test_labels_that_do_not_match_the_images_are_refused(
 # --- the command as a whole ------------------------------------------------------------------------
 
 
-def test_scoring_never_imports_torch(tmp_path: Path, models_dir: Path, mnist_test_sample) -> None:
-    images, _ = mnist_test_sample
-    folder = tmp_path / "pngs"
-    folder.mkdir()
-    for i in range(40):
-        Image.fromarray(images[i]).save(folder / f"{i:02d}.png")
+def test_scoring_never_imports_torch_and_the_local_engine_never_imports_ray(
+    tmp_path: Path, models_dir: Path, mnist_test_sample
+) -> None:
+    folder = write_pngs(tmp_path / "pngs", mnist_test_sample[0][:40])
     check = (
         "import sys, cli\n"
         "code = cli.main(sys.argv[1:])\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'ray' not in sys.modules, 'ray was imported'\n"
         "sys.exit(code)\n"
     )
     argv = ["score", "--quiet", "--models-dir", str(models_dir), str(folder), str(IDX_IMAGES),
@@ -350,7 +375,7 @@ def test_scoring_never_imports_torch(tmp_path: Path, models_dir: Path, mnist_tes
     assert result.returncode == 0, result.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert "onnxruntime" in imported and "service.preprocess" in imported
-    assert not {m for m in imported if m.split(".")[0] == "torch"}
+    assert not {m for m in imported if m.split(".")[0] in ("torch", "ray")}
 
 
 def test_help_explains_every_option_with_its_default() -> None:

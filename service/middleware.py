@@ -3,8 +3,6 @@
 
 * refuses bodies over ``max_body_bytes`` with 413, by Content-Length before reading, or while a
   chunked body streams in;
-* with an API key configured, refuses requests to protected routes without the right key (401),
-  before any body is read (see :mod:`service.security`);
 * adds the security headers to every answer;
 * records every request's route, status and latency in the Prometheus metrics.
 """
@@ -12,12 +10,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import security
+from service.errors import error_body
 from service.metrics import Metrics
 
 
@@ -25,8 +22,7 @@ class BodyTooLargeError(Exception):
     pass
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
-    payload = orjson.dumps(body)
+async def _send_json(send: Send, status: int, payload: bytes, headers: list[tuple[bytes, bytes]]) -> None:
     await send({
         "type": "http.response.start",
         "status": status,
@@ -37,11 +33,10 @@ async def _send_json(send: Send, status: int, body: dict[str, Any], headers: lis
 
 
 class ServiceMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics, api_key: str | None) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
-        self.api_key = api_key.encode() if api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,13 +58,6 @@ class ServiceMiddleware:
                     self._record(scope, 413, started)
                     return
                 break
-
-        refused = security.key_error(scope, self.api_key, path)
-        if refused is not None:
-            await _send_json(send, 401, {"detail": refused, "error": refused},
-                             [(b"www-authenticate", b'Bearer realm="digits"'), *extra])
-            self._record(scope, 401, started)
-            return
 
         status = 500
         received = 0
@@ -104,7 +92,7 @@ class ServiceMiddleware:
 
     async def _too_large(self, send: Send, extra: list[tuple[bytes, bytes]]) -> None:
         message = f"request body exceeds the {self.max_body_bytes:,}-byte limit; send fewer or smaller images"
-        await _send_json(send, 413, {"detail": message, "error": message}, [(b"connection", b"close"), *extra])
+        await _send_json(send, 413, error_body(message, "body_too_large"), [(b"connection", b"close"), *extra])
 
     def _record(self, scope: Scope, status: int, started: float) -> None:
         route = scope.get("route")

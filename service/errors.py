@@ -13,7 +13,6 @@ The codes are listed in the README's error table.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,8 +27,6 @@ from core.v2codec import CodecError
 from service import preprocess
 from service.batcher import BatcherClosedError, InferenceError, QueueFullError
 from service.registry import ModelLoadError, ModelUnavailableError, RequestTimeoutError, UnknownModelError
-
-log = logging.getLogger(__name__)
 
 
 class RequestError(Exception):
@@ -139,8 +136,6 @@ def install_error_handlers(app: FastAPI) -> None:
     async def domain_error(request: Request, exc: Exception) -> Response:
         rule = rule_for(exc.cause if isinstance(exc, ImageError) else exc)
         message = describe_validation(exc.errors()) if isinstance(exc, RequestValidationError) else str(exc)
-        if rule.status >= 500:
-            log.warning("%s %s: %d %s", request.method, request.url.path, rule.status, message)
         return error_response(rule.status, rule.code, message, rule.headers(exc), kserve=_speaks_kserve(request))
 
     for cls in ERRORS:

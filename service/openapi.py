@@ -30,20 +30,33 @@ def build_schema(app: FastAPI, *, api_key: bool) -> dict[str, Any]:
     models = components.setdefault("schemas", {})
     for model in api.SCHEMAS:  # bodies read by the route, documented here
         models[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    for operations in schema["paths"].values():
+    for path, operations in schema["paths"].items():
+        error_model = "V2Error" if path.startswith("/v2") and not path.startswith("/v2/repository") else "ErrorResponse"
         for operation in operations.values():
+            _answer_errors_as(operation, error_model)
             if "security" not in operation:
                 continue
             if not api_key:
                 del operation["security"]
                 continue
             operation["responses"]["401"] = {
-                "description": "missing or wrong API key (error: unauthorized)",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+                "description": "missing or wrong API key (code: unauthorized)",
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{error_model}"}}},
             }
     if not api_key:
         components.pop("securitySchemes", None)
+    models.pop("HTTPValidationError", None)
+    models.pop("ValidationError", None)
     return schema
+
+
+def _answer_errors_as(operation: dict[str, Any], model: str) -> None:
+    """FastAPI documents a 422 of its own shape (HTTPValidationError); this service answers every error
+    in one shape (see service.errors)."""
+    invalid = operation.get("responses", {}).get("422")
+    if invalid is not None and "HTTPValidationError" in str(invalid):
+        invalid["description"] = "invalid request (code: invalid_request)"
+        invalid["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}
 
 
 def install(app: FastAPI, *, api_key: bool) -> None:

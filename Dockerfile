@@ -34,6 +34,7 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md cli.py ./
+COPY core/ core/
 COPY service/ service/
 COPY training/ training/
 COPY clients/ clients/
@@ -64,6 +65,7 @@ RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md cli.py ./
+COPY core/ core/
 COPY service/ service/
 COPY training/ training/
 COPY clients/ clients/
@@ -99,6 +101,7 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md cli.py ./
+COPY core/ core/
 COPY service/ service/
 COPY training/ training/
 COPY clients/ clients/

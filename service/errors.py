@@ -107,16 +107,17 @@ def _speaks_kserve(request: Request) -> bool:
 def describe_validation(errors: Any) -> str:
     """pydantic/FastAPI validation errors -> one message. A validator's own message (a ValueError it
     raised) is a whole sentence and is shown as it is; pydantic's are prefixed with where they apply."""
-    parts = []
+    parts, ours = [], True
     for err in errors:
         cause = (err.get("ctx") or {}).get("error")
         if err.get("type") == "value_error" and cause is not None:
             parts.append(str(cause))
             continue
+        ours = False
         where = _location(err.get("loc", ()))
         msg = str(err.get("msg", "invalid"))
         parts.append(f"{where}: {msg}" if where else msg)
-    return "invalid request: " + "; ".join(parts) if parts else "invalid request"
+    return "; ".join(parts) if parts and ours else "invalid request: " + "; ".join(parts)
 
 
 def _location(loc: Any) -> str:

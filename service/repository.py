@@ -5,6 +5,8 @@ Mounted only when an API key is set (``enabled``), and always behind it (see ser
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -14,7 +16,7 @@ from service.security import API_KEY
 from service.settings import Settings
 
 router = APIRouter(prefix="/v2/repository", tags=["model repository"], dependencies=[API_KEY])
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 404)}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 404)}
 
 
 def enabled(settings: Settings) -> bool:

@@ -66,7 +66,6 @@ class KServeLeanRoute(LeanRoute):
 
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], route_class=KServeRoute)
-_infer_router = APIRouter(route_class=KServeLeanRoute, dependencies=[API_KEY])
 _REQUEST = TypeAdapter(InferenceRequest)
 
 
@@ -300,17 +299,17 @@ through the model and its dynamic batcher; returns `logits` and `probabilities` 
 the outputs named in `outputs`. Supports the binary tensor data extension (see the request body)."""
 
 
-@_infer_router.post("/models/{model_name}/infer", response_model=InferenceResponse, responses=_INFER_RESPONSES,
-                    openapi_extra=_INFER_BODY, summary="Inference", description=_INFER_DOC)
 async def infer(request: Request, model_name: ModelName) -> Response:
     return await _infer(request, model_name, None)
 
 
-@_infer_router.post("/models/{model_name}/versions/{model_version}/infer", response_model=InferenceResponse,
-                    responses=_INFER_RESPONSES, openapi_extra=_INFER_BODY, summary="Inference on one model version",
-                    description=_INFER_DOC)
 async def infer_version(request: Request, model_name: ModelName, model_version: ModelVersion) -> Response:
     return await _infer(request, model_name, model_version)
 
 
-router.include_router(_infer_router)
+for _path, _endpoint, _summary in (("/models/{model_name}/infer", infer, "Inference"),
+                                   ("/models/{model_name}/versions/{model_version}/infer", infer_version,
+                                    "Inference on one model version")):
+    router.add_api_route(_path, _endpoint, methods=["POST"], route_class_override=KServeLeanRoute,
+                         dependencies=[API_KEY], response_model=InferenceResponse, responses=_INFER_RESPONSES,
+                         openapi_extra=_INFER_BODY, summary=_summary, description=_INFER_DOC)

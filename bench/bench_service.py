@@ -174,8 +174,8 @@ def main() -> int:
     # every cell once, so each comparison is between measurements taken minutes apart at most, and the
     # median of the rounds rides out this machine's swings in speed.
     cells = [(config, kind, clients) for config in args.configs for kind in args.kinds for clients in args.clients
-             # /healthz: measured on the batched server only
-             if not (kind == "trivial" and config.startswith(("unbatched", "baseline", "stock")))
+             # /healthz: on the batched server and the baseline only
+             if not (kind == "trivial" and config.startswith(("unbatched", "stock")))
              and not (config == "bare" and kind != "trivial")]  # the bare app has no model
     ports: dict[str, int] = {}
     procs: list[subprocess.Popen] = []
@@ -231,7 +231,7 @@ def main() -> int:
         for kind in args.kinds:
             for clients in args.clients:
                 new, old = get("batched", kind, clients), get(other, kind, clients)
-                if new and old and kind != "trivial":
+                if new and old:
                     print(f"  {what}, batched {kind} at {clients:>3} clients: {new.rps / old.rps:.2f} "
                           f"(p50 {new.p50_ms:.2f} vs {old.p50_ms:.2f} ms, p99 {new.p99_ms:.1f} vs {old.p99_ms:.1f} ms)")
     for kind in args.kinds:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import re
 import shutil
 import statistics
@@ -41,7 +42,10 @@ CONFIGS = {  # name -> (environment, workers)
     "batched-2w": ({"DIGITS_MAX_BATCH_SIZE": "64"}, 2),
     "unbatched-2w": ({"DIGITS_MAX_BATCH_SIZE": "1"}, 2),
     "bare": ({}, 1),  # bench/bare_app.py: trivial endpoint only
+    "baseline": ({"DIGITS_MAX_BATCH_SIZE": "64"}, 1),  # batched, from the --baseline checkout
+    "stock": ({"DIGITS_MAX_BATCH_SIZE": "64"}, 1),  # batched, routes on FastAPI's APIRoute
 }
+DEFAULT_CONFIGS = ["batched", "unbatched", "batched-2w", "unbatched-2w", "bare"]
 
 
 @dataclass
@@ -108,8 +112,20 @@ def multipart(data: bytes) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def start(config: str, port: int, models_dir: Path) -> subprocess.Popen:
+def start(config: str, port: int, models_dir: Path, baseline: Path | None = None) -> subprocess.Popen:
     env_extra, workers = CONFIGS[config]
+    if config in ("baseline", "stock"):
+        if config == "baseline" and baseline is None:
+            raise SystemExit("--configs baseline needs --baseline DIR (a checkout of the code to compare with)")
+        command = ["-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"] \
+            if config == "baseline" else \
+            ["-m", "uvicorn", "bench.stock_routes_app:app_from_env", "--factory", "--host", "127.0.0.1",
+             "--port", str(port), "--no-access-log", "--log-level", "warning"]
+        env = {**os.environ, "DIGITS_MODELS_DIR": str(models_dir), **env_extra}
+        proc = subprocess.Popen([sys.executable, *command], cwd=baseline if config == "baseline" else REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_ready(port, proc, timeout_s=90)
+        return proc
     if config == "bare":
         proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--host", "127.0.0.1", "--port", str(port),
@@ -127,8 +143,10 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement (default: %(default)s)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64, 256],
                         help="concurrent connections to test (default: 1 16 64 256)")
-    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS),
-                        help="server configurations (default: all)")
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=DEFAULT_CONFIGS,
+                        help=f"server configurations (default: {' '.join(DEFAULT_CONFIGS)})")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="a checkout of the code to compare with, served as configuration 'baseline'")
     parser.add_argument("--kinds", nargs="+", choices=["json", "png", "trivial"], default=["json", "png", "trivial"],
                         help="request kinds (default: all)")
     parser.add_argument("--rounds", type=int, default=3,
@@ -154,7 +172,8 @@ def main() -> int:
     # every cell once, so each comparison is between measurements taken minutes apart at most, and the
     # median of the rounds rides out this machine's swings in speed.
     cells = [(config, kind, clients) for config in args.configs for kind in args.kinds for clients in args.clients
-             if not (kind == "trivial" and config.startswith("unbatched"))  # the batched server's endpoint
+             # /healthz: on the batched server and the baseline only
+             if not (kind == "trivial" and config.startswith(("unbatched", "stock")))
              and not (config == "bare" and kind != "trivial")]  # the bare app has no model
     ports: dict[str, int] = {}
     procs: list[subprocess.Popen] = []
@@ -162,7 +181,7 @@ def main() -> int:
     try:
         for config in args.configs:
             ports[config] = free_port()
-            procs.append(start(config, ports[config], args.models_dir))
+            procs.append(start(config, ports[config], args.models_dir, args.baseline))
         for config, kind in dict.fromkeys((config, kind) for config, kind, _ in cells):
             path, script = scripts[kind]
             run_wrk(f"http://127.0.0.1:{ports[config]}{path}", script, 16, 1.0, args.wrk_threads)  # warm-up
@@ -206,6 +225,13 @@ def main() -> int:
     if b1 and u1:
         print(f"  lone client p50: batched {b1.p50_ms:.3f} ms vs unbatched {u1.p50_ms:.3f} ms "
               f"(difference {b1.p50_ms - u1.p50_ms:+.3f} ms, target within 0.3)")
+    for other, what in (("baseline", "this checkout / baseline"), ("stock", "LeanRoute / stock APIRoute")):
+        for kind in args.kinds:
+            for clients in args.clients:
+                new, old = get("batched", kind, clients), get(other, kind, clients)
+                if new and old:
+                    print(f"  {what}, batched {kind} at {clients:>3} clients: {new.rps / old.rps:.2f} "
+                          f"(p50 {new.p50_ms:.2f} vs {old.p50_ms:.2f} ms, p99 {new.p99_ms:.1f} vs {old.p99_ms:.1f} ms)")
     for kind in args.kinds:
         for clients in args.clients:
             one, two = get("batched", kind, clients), get("batched-2w", kind, clients)

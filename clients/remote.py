@@ -40,8 +40,9 @@ import orjson
 
 from clients.batches import Batch, InputError, Scored
 from clients.pipeline import ordered_map
+from core import v2codec
 from core.contract import IMAGE_SHAPE, INPUT_NAME
-from core.contract import V2_HEADER_LENGTH as HEADER_LENGTH
+from core.v2codec import HEADER_LENGTH
 
 RETRIABLE = frozenset({503, 504})
 SPLITTABLE = frozenset({413, 422})  # the request as a whole was refused because of one image or its size
@@ -87,14 +88,7 @@ def _predict_answer(response: httpx.Response) -> np.ndarray:
 
 def _infer_answer(response: httpx.Response) -> np.ndarray:
     """A v2 infer answer (JSON header + binary float32 output, or plain JSON) -> probabilities float32 [n, C]."""
-    length = response.headers.get(HEADER_LENGTH)
-    content = response.content
-    header = orjson.loads(content[: int(length)] if length is not None else content)
-    (output,) = [o for o in header["outputs"] if o["name"] == "probabilities"]
-    shape = output["shape"]
-    if length is None:
-        return np.asarray(output["data"], np.float32).reshape(shape)
-    return np.frombuffer(content, "<f4", count=shape[0] * shape[1], offset=int(length)).reshape(shape)
+    return v2codec.decode_output(response.content, response.headers.get(HEADER_LENGTH), "probabilities")
 
 
 def _detail(response: httpx.Response) -> str:
@@ -238,16 +232,10 @@ class RemoteScorer:
         if batch.pixels is None:
             raise ValueError("a batch without pixels or image files cannot be scored")
         pixels = batch.pixels if len(items) == len(batch) else batch.pixels[items]
-        datatype, data = ("UINT8", pixels.astype(np.uint8, copy=False)) if pixels.dtype == np.uint8 \
-            else ("FP32", pixels.astype("<f4", copy=False))
-        header = orjson.dumps({
-            "inputs": [{"name": INPUT_NAME, "shape": [len(pixels), *IMAGE_SHAPE], "datatype": datatype,
-                        "parameters": {"binary_data_size": data.nbytes}}],
-            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
-        })
+        content, length = v2codec.encode_request(INPUT_NAME, pixels, (len(pixels), *IMAGE_SHAPE), ["probabilities"])
         return {
-            "content": header + np.ascontiguousarray(data).tobytes(),
-            "headers": {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))},
+            "content": content,
+            "headers": {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(length)},
         }
 
     def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -35,10 +36,10 @@ class QueueFullError(Exception):
     """The batcher's queue holds ``max_queue`` images already."""
 
     def __init__(self, pending: int, max_queue: int, retry_after_s: float) -> None:
+        self.retry_after_s = math.ceil(retry_after_s)  # whole seconds, as Retry-After carries them
         super().__init__(
-            f"server busy: {pending} images already queued (limit {max_queue}); retry after {retry_after_s:.0f} s"
+            f"server busy: {pending} images already queued (limit {max_queue}); retry after {self.retry_after_s} s"
         )
-        self.retry_after_s = retry_after_s
 
 
 class BatcherClosedError(Exception):
@@ -101,6 +102,16 @@ class DynamicBatcher:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
 
+    def admit(self, images: int = 1) -> None:
+        """Raise :class:`QueueFullError` unless ``images`` more fit in the queue now.
+
+        ``submit`` applies it; callers also apply it before they read and parse a request body: under
+        overload most requests are refused, and reading and parsing each of them first takes the event
+        loop from the requests being served (and from this batcher), so throughput collapses."""
+        if self._pending + images > self.max_queue:
+            retry = max(1.0, self._pending * self._image_seconds)
+            raise QueueFullError(self._pending, self.max_queue, retry)
+
     async def submit(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         """Queue ``x`` (k images) and wait for its outputs, each sliced to k rows."""
         if self._closed:
@@ -108,9 +119,7 @@ class DynamicBatcher:
         k = len(x)
         if k == 0:
             raise ValueError("no images to run")
-        if self._pending + k > self.max_queue:
-            retry = max(1.0, self._pending * self._image_seconds)
-            raise QueueFullError(self._pending, self.max_queue, retry)
+        self.admit(k)
         if self._task is None:
             self.start()
         future: asyncio.Future[tuple[np.ndarray, ...]] = asyncio.get_running_loop().create_future()

@@ -1,9 +1,21 @@
-"""One error type for the HTTP edge and the handlers that render every error the same way:
-``{"detail": "...", "error": "..."}`` (``error`` is the KServe v2 field; ``detail`` FastAPI's)."""
+"""The one place where errors become HTTP answers: a table from error class to status code and
+machine-readable code, and the Starlette exception handlers that render it.
+
+The domain (registry, batcher, runtime, preprocessing) raises its own errors and names no HTTP
+status; this module decides what a client sees. Every error answer carries one message:
+
+* the service's routes answer FastAPI's way, ``{"detail": "<message>", "error": "<code>"}``;
+* the KServe v2 inference routes (``/v2``, ``/v2/health/...``, ``/v2/models/...``) answer the
+  protocol's way, ``{"error": "<message>", "code": "<code>"}`` (tritonclient shows ``error``).
+
+The codes are listed in the README's error table.
+"""
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -11,39 +23,135 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-log = logging.getLogger(__name__)
+from core.v2codec import CodecError
+from service import preprocess
+from service.batcher import BatcherClosedError, InferenceError, QueueFullError
+from service.registry import ModelLoadError, ModelUnavailableError, RequestTimeoutError, UnknownModelError
 
 
-class ApiError(Exception):
-    def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None) -> None:
+class RequestError(Exception):
+    """A request the HTTP layer refuses for its shape (content type, size, count, syntax): it carries its
+    status and code itself, as only the HTTP layer raises it."""
+
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status_code = status_code
-        self.message = message
-        self.headers = headers or {}
+        self.status = status
+        self.code = code
+        self.headers = dict(headers or {})
 
 
-def error_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    body = orjson.dumps({"detail": message, "error": message})
-    return Response(body, status_code=status_code, headers=headers, media_type="application/json")
+class ImageError(Exception):
+    """One image of a request could not be used: ``cause`` (a preprocessing error) decides the answer,
+    the message says which image (counted from 1) when the request carries several."""
+
+    def __init__(self, position: int, count: int, cause: preprocess.PreprocessError) -> None:
+        super().__init__(f"image {position + 1} of {count}: {cause}" if count > 1 else str(cause))
+        self.cause = cause
 
 
-def _describe_validation(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg", "invalid")))
-    return "invalid request: " + "; ".join(parts)
+class UnauthorizedError(Exception):
+    """The request lacks the API key its route is declared with, or presents a wrong one."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    status: int
+    code: str
+    headers: Callable[[Any], dict[str, str]] = field(default=lambda _: {})
+
+
+# The table: error class -> answer. A subclass not listed takes its nearest listed base class's answer.
+ERRORS: dict[type[Exception], Rule] = {
+    UnknownModelError: Rule(404, "unknown_model"),
+    ModelUnavailableError: Rule(503, "model_unavailable"),
+    ModelLoadError: Rule(400, "model_not_loaded"),
+    QueueFullError: Rule(503, "queue_full", lambda e: {"Retry-After": str(e.retry_after_s)}),
+    BatcherClosedError: Rule(503, "shutting_down", lambda _: {"Retry-After": "1"}),
+    RequestTimeoutError: Rule(504, "timeout"),
+    InferenceError: Rule(500, "inference_failed"),
+    preprocess.ImageTooLargeError: Rule(413, "image_too_large"),
+    preprocess.EmptyImageError: Rule(422, "no_ink"),
+    preprocess.ImageDecodeError: Rule(422, "bad_image"),
+    preprocess.PixelArrayError: Rule(422, "bad_pixels"),
+    preprocess.PreprocessError: Rule(422, "bad_image"),
+    CodecError: Rule(422, "invalid_tensor"),
+    UnauthorizedError: Rule(401, "unauthorized", lambda _: {"WWW-Authenticate": 'Bearer realm="digits"'}),
+    RequestValidationError: Rule(422, "invalid_request"),
+}
+
+
+def rule_for(exc: BaseException) -> Rule:
+    for cls in type(exc).__mro__:
+        rule = ERRORS.get(cls)  # type: ignore[call-overload]
+        if rule is not None:
+            return rule
+    raise LookupError(f"no HTTP answer for {type(exc).__name__}; add it to service.errors.ERRORS")
+
+
+def error_body(message: str, code: str, *, kserve: bool = False) -> bytes:
+    """An error answer's body, FastAPI's way or (``kserve``) the v2 protocol's."""
+    return orjson.dumps({"error": message, "code": code} if kserve else {"detail": message, "error": code})
+
+
+def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None, *,
+                   kserve: bool = False) -> Response:
+    return Response(error_body(message, code, kserve=kserve), status_code=status, headers=dict(headers or {}),
+                    media_type="application/json")
+
+
+def _speaks_kserve(request: Request) -> bool:
+    """Whether the route that raised is one of the v2 inference protocol's (see service.v2.routes)."""
+    return getattr(request.scope.get("route"), "kserve_errors", False)
+
+
+def describe_validation(errors: Any) -> str:
+    """pydantic/FastAPI validation errors -> one message. A validator's own message (a ValueError it
+    raised) is a whole sentence and is shown as it is; pydantic's are prefixed with where they apply."""
+    parts, ours = [], True
+    for err in errors:
+        cause = (err.get("ctx") or {}).get("error")
+        if err.get("type") == "value_error" and cause is not None:
+            parts.append(str(cause))
+            continue
+        ours = False
+        where = _location(err.get("loc", ()))
+        msg = str(err.get("msg", "invalid"))
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts) if parts and ours else "invalid request: " + "; ".join(parts)
+
+
+def _location(loc: Any) -> str:
+    """("query", "return_input") -> "query parameter return_input"; ("body", "images", 0) -> "images[0]"."""
+    parts = [p for p in loc if p != "body"]
+    if parts[:1] == ["query"] and len(parts) > 1:
+        return "query parameter " + ".".join(map(str, parts[1:]))
+    text = ""
+    for p in parts:
+        text += f"[{p}]" if isinstance(p, int) else (f".{p}" if text else str(p))
+    return text
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> Response:
-        return error_response(exc.status_code, exc.message, exc.headers)
+    """One handler per table entry, plus the HTTP layer's own errors and Starlette's (404 path, 405 method)."""
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
-        return error_response(422, _describe_validation(exc))
+    async def domain_error(request: Request, exc: Exception) -> Response:
+        rule = rule_for(exc.cause if isinstance(exc, ImageError) else exc)
+        message = describe_validation(exc.errors()) if isinstance(exc, RequestValidationError) else str(exc)
+        return error_response(rule.status, rule.code, message, rule.headers(exc), kserve=_speaks_kserve(request))
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+    for cls in ERRORS:
+        app.add_exception_handler(cls, domain_error)
+    app.add_exception_handler(ImageError, domain_error)
+
+    async def request_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestError)
+        return error_response(exc.status, exc.code, str(exc), exc.headers, kserve=_speaks_kserve(request))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}),
+                              kserve=_speaks_kserve(request))
+
+    app.add_exception_handler(RequestError, request_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)

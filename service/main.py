@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -51,6 +52,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: no manifest.json in {settings.models_dir}; pass --models-dir or set DIGITS_MODELS_DIR",
               file=sys.stderr)
         return 2
+    busy = port_problem(settings.host, settings.port)  # before loading models and logging "ready"
+    if busy is not None:
+        print(f"error: {busy}", file=sys.stderr)
+        return 2
     uvicorn.run(
         "service.app:app_from_env",
         factory=True,
@@ -62,3 +67,19 @@ def main(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
     )
     return 0
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (another server holds it, a bad address), or None.
+
+    Bound and released again at once, with the options uvicorn binds with; uvicorn binds it for real
+    only after the models are loaded, too late for a clear message."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return (f"cannot listen on {host}:{port}: {exc.strerror or exc}. Is another `digits serve` running? "
+                    "Stop it, or choose another port: --port N, DIGITS_PORT=N, or `make serve PORT=N`")
+    return None

@@ -3,8 +3,6 @@
 
 * refuses bodies over ``max_body_bytes`` with 413, by Content-Length before reading, or while a
   chunked body streams in;
-* with an API key configured, refuses requests to protected routes without the right key (401),
-  before any body is read (see :mod:`service.security`);
 * adds the security headers to every answer;
 * while the process drains before stopping (:mod:`service.drain`), answers ``/readyz`` with 503
   and closes every connection after its response;
@@ -14,13 +12,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import security
 from service.drain import Drain
+from service.errors import error_body
 from service.metrics import Metrics
 
 CLOSE = (b"connection", b"close")
@@ -30,8 +28,7 @@ class BodyTooLargeError(Exception):
     pass
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
-    payload = orjson.dumps(body)
+async def _send_json(send: Send, status: int, payload: bytes, headers: list[tuple[bytes, bytes]]) -> None:
     await send({
         "type": "http.response.start",
         "status": status,
@@ -42,13 +39,11 @@ async def _send_json(send: Send, status: int, body: dict[str, Any], headers: lis
 
 
 class ServiceMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics, api_key: str | None,
-                 drain: Drain | None = None) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics, drain: Drain | None = None) -> None:
         self.app = app
         self.drain = drain
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
-        self.api_key = api_key.encode() if api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,7 +56,7 @@ class ServiceMiddleware:
         if self.drain is not None and self.drain.draining:
             extra = [*extra, CLOSE]
             if path == "/readyz":
-                await _send_json(send, 503, self.drain.readiness(), extra)
+                await _send_json(send, 503, orjson.dumps(self.drain.readiness()), extra)
                 self._record(scope, 503, started)
                 return
 
@@ -76,13 +71,6 @@ class ServiceMiddleware:
                     self._record(scope, 413, started)
                     return
                 break
-
-        refused = security.key_error(scope, self.api_key, path)
-        if refused is not None:
-            await _send_json(send, 401, {"detail": refused, "error": refused},
-                             [(b"www-authenticate", b'Bearer realm="digits"'), *extra])
-            self._record(scope, 401, started)
-            return
 
         status = 500
         received = 0
@@ -117,7 +105,7 @@ class ServiceMiddleware:
 
     async def _too_large(self, send: Send, extra: list[tuple[bytes, bytes]]) -> None:
         message = f"request body exceeds the {self.max_body_bytes:,}-byte limit; send fewer or smaller images"
-        await _send_json(send, 413, {"detail": message, "error": message}, extra if CLOSE in extra else [CLOSE, *extra])
+        await _send_json(send, 413, error_body(message, "body_too_large"), extra if CLOSE in extra else [CLOSE, *extra])
 
     def _record(self, scope: Scope, status: int, started: float) -> None:
         route = scope.get("route")

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.batcher import BatcherClosedError, DynamicBatcher, InferenceError, QueueFullError
-from service.errors import ApiError
+from service.batcher import BatcherClosedError, DynamicBatcher
 from service.metrics import Metrics
 from service.runtime import (
+    CUDA,
     LoadedModel,
     Manifest,
     ModelError,
@@ -25,46 +25,28 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 
+class UnknownModelError(LookupError):
+    """No model (or no such version of it) by that name is served."""
+
+
+class ModelUnavailableError(Exception):
+    """The model is listed in the manifest but failed to load."""
+
+
+class ModelLoadError(Exception):
+    """A (re)load was refused: bad manifest, file or contract; what was serving keeps serving."""
+
+
+class RequestTimeoutError(TimeoutError):
+    """A request waited longer than the request timeout (for a decode thread or for the model)."""
+
+
 @dataclass
 class Served:
+    """One model being served, with its batcher."""
+
     model: LoadedModel
     batcher: DynamicBatcher
-    registry: ModelRegistry | None = None
-
-    def admit(self) -> None:
-        """Refuse at once (503 + Retry-After) while this model's queue is full: for the routes to call
-        before they read and parse a body. Under overload most requests are refused; reading and
-        parsing each of them first takes the event loop from the requests being served (and from the
-        batcher), so accepted throughput collapses, latency grows to seconds and memory with it."""
-        pending, limit = self.batcher.pending, self.batcher.max_queue
-        if pending >= limit:
-            raise ApiError(503, f"server busy: {pending} images already queued (limit {limit}); retry after 1 s",
-                           {"Retry-After": "1"})
-
-    async def infer(self, x: np.ndarray, timeout_s: float, *, since: float | None = None) -> tuple[np.ndarray, ...]:
-        """(logits, probabilities) for float32 pixels [N,1,28,28], through the batcher; errors as ApiError.
-
-        A request waits at most ``timeout_s`` counted from ``since`` (the event loop's clock when its
-        body was in, so time spent waiting to be decoded counts too), or from now."""
-        loop = asyncio.get_running_loop()
-        try:
-            # asyncio.timeout_at, unlike wait_for, costs no extra task per request.
-            async with asyncio.timeout_at((loop.time() if since is None else since) + timeout_s):
-                return await self.batcher.submit(x)
-        except QueueFullError as exc:
-            raise ApiError(503, str(exc), {"Retry-After": str(int(exc.retry_after_s + 0.999))}) from None
-        except BatcherClosedError as exc:
-            # Swapped by a reload between lookup and submit: run on the model that replaced it.
-            current = self.registry.served.get(self.model.name) if self.registry else None
-            if current is not None and current is not self:
-                return await current.infer(x, timeout_s, since=since)
-            raise ApiError(503, str(exc), {"Retry-After": "1"}) from None
-        except TimeoutError:
-            raise ApiError(
-                504, f"the request waited more than {timeout_s:g} s for model {self.model.name}; retry later"
-            ) from None
-        except InferenceError as exc:
-            raise ApiError(500, str(exc)) from None
 
 
 class ModelRegistry:
@@ -96,6 +78,8 @@ class ModelRegistry:
         """Load, verify and warm every model of the manifest (in a thread: it takes a while)."""
         s = self.settings
         self._providers = providers = select_providers(s.device)
+        if s.device == "auto" and CUDA not in providers:
+            log.info("device auto: no CUDA execution provider in this onnxruntime build; running on the CPU")
         manifest, loaded, failed = await asyncio.to_thread(
             load_manifest_models, s.models_dir, providers=providers, intra_op_threads=s.intra_op_threads,
             warmup_batch_sizes=self._warmup_sizes,
@@ -103,7 +87,7 @@ class ModelRegistry:
         self.manifest = manifest
         self.failed = failed
         for name, model in loaded.items():
-            self.served[name] = Served(model, self._batcher(model), self)
+            self.served[name] = Served(model, self._batcher(model))
         self.default_model = s.default_model or manifest.default_model or next(iter(loaded), None)
         if self.default_model not in {e.name for e in manifest.entries}:
             log.error("default model %r is not in %s", self.default_model, manifest.path)
@@ -116,17 +100,18 @@ class ModelRegistry:
         """(Re)load one model from the manifest on disk, then swap it in atomically.
 
         The new file is verified (checksum, input/output contract) and warmed up before the swap;
-        a bad file raises ApiError(400) and the model already serving keeps serving. Requests
+        a bad file raises ModelLoadError and the model already serving keeps serving. Requests
         queued on the old model finish on it (its batcher drains) while new ones go to the new one.
         """
         async with self._swap_lock:
             try:
                 manifest = await asyncio.to_thread(read_manifest, self.settings.models_dir)
             except ModelError as exc:
-                raise ApiError(400, f"model {name!r} not loaded: {exc}") from None
+                raise ModelLoadError(f"model {name!r} not loaded: {exc}") from None
             entry = next((e for e in manifest.entries if e.name == name), None)
             if entry is None:
-                raise ApiError(404, f"model {name!r} is not in {manifest.path}; add it with `digits export --manifest`")
+                raise UnknownModelError(
+                    f"model {name!r} is not in {manifest.path}; add it with `digits export --manifest`")
             try:
                 model = await asyncio.to_thread(
                     load_model, entry.file, name=entry.name, expected_sha256=entry.sha256, version=entry.version,
@@ -136,9 +121,9 @@ class ModelRegistry:
             except ModelError as exc:  # refused: the version already serving keeps serving
                 keeps = "the loaded version keeps serving" if name in self.served else "it is not served"
                 log.error("reload of %s rejected (%s): %s", name, keeps, exc)
-                raise ApiError(400, f"model {name!r} not loaded ({keeps}): {exc}") from None
+                raise ModelLoadError(f"model {name!r} not loaded ({keeps}): {exc}") from None
             old = self.served.get(name)
-            self.served[name] = Served(model, self._batcher(model), self)
+            self.served[name] = Served(model, self._batcher(model))
             self.failed.pop(name, None)
             self.manifest = manifest
             log.info("model %s v%s loaded from %s (sha256 %s)", name, model.version, entry.file, model.sha256[:12])
@@ -151,7 +136,7 @@ class ModelRegistry:
         async with self._swap_lock:
             served = self.served.pop(name, None)
         if served is None:
-            raise ApiError(404, f"model {name!r} is not loaded")
+            raise UnknownModelError(f"model {name!r} is not loaded")
         await served.batcher.close()
         log.info("model %s unloaded", name)
 
@@ -167,8 +152,8 @@ class ModelRegistry:
             try:
                 await self.load(name)
                 outcome[name] = "ready"
-            except ApiError as exc:
-                outcome[name] = exc.message
+            except (ModelLoadError, UnknownModelError) as exc:
+                outcome[name] = str(exc)
         return outcome
 
     @property
@@ -180,16 +165,49 @@ class ModelRegistry:
         out.update({name: f"failed: {why}" for name, why in self.failed.items()})
         return out
 
-    def get(self, name: str | None) -> Served:
-        """The served model called ``name`` (default model when None), or a 404/503 ApiError."""
+    def get(self, name: str | None, version: str | None = None) -> Served:
+        """The served model called ``name`` (default model when None), at ``version`` when one is given.
+
+        Raises UnknownModelError (naming the choices) or ModelUnavailableError (it failed to load)."""
         name = name or self.default_model
         served = self.served.get(name) if name else None
-        if served is not None:
-            return served
-        if name in self.failed:
-            raise ApiError(503, f"model {name!r} is not available: it failed to load ({self.failed[name]})")
-        known = ", ".join(sorted(self.served)) or "none"
-        raise ApiError(404, f"unknown model {name!r}; available models: {known} (see GET /models)")
+        if served is None:
+            if name in self.failed:
+                raise ModelUnavailableError(f"model {name!r} is not available: it failed to load ({self.failed[name]})")
+            known = ", ".join(sorted(self.served)) or "none"
+            raise UnknownModelError(f"unknown model {name!r}; available models: {known} (see GET /models)")
+        if version is not None and version != served.model.version:
+            raise UnknownModelError(f"model {name!r} has no version {version!r}; available versions: "
+                                    f"{served.model.version} (or leave the version out of the path)")
+        return served
+
+    def admit(self, name: str | None, version: str | None = None) -> None:
+        """Refuse at once what cannot be served now: an unknown model, or a full queue (QueueFullError).
+
+        For the routes to call before they read a body; the batcher owns the queue's rule."""
+        self.get(name, version).batcher.admit()
+
+    async def infer(self, name: str | None, x: np.ndarray, timeout_s: float, *, version: str | None = None,
+                    since: float | None = None) -> tuple[Served, tuple[np.ndarray, ...]]:
+        """(the model that ran, (logits, probabilities)) for float32 pixels [N,1,28,28], through its batcher.
+
+        A request waits at most ``timeout_s`` counted from ``since`` (the event loop's clock when its body
+        was in, so time spent waiting to be decoded counts too), or from now; then RequestTimeoutError.
+        A model swapped by a reload between lookup and submit runs the request on its replacement."""
+        loop = asyncio.get_running_loop()
+        deadline = (loop.time() if since is None else since) + timeout_s
+        while True:
+            served = self.get(name, version)
+            try:
+                # asyncio.timeout_at, unlike wait_for, costs no extra task per request.
+                async with asyncio.timeout_at(deadline):
+                    return served, await served.batcher.submit(x)
+            except BatcherClosedError:
+                if self.served.get(served.model.name) in (None, served):  # closed for good: shutting down
+                    raise
+            except TimeoutError:
+                raise RequestTimeoutError(f"the request waited more than {timeout_s:g} s for model "
+                                          f"{served.model.name}; retry later") from None
 
     async def close(self) -> None:
         """Finish every queued request, then stop the batchers."""

@@ -1,21 +1,27 @@
 """Model management: the KServe/Triton model-repository extension.
 
-Mounted only when an API key is set, and always behind it (see service/security.py).
+Mounted only when an API key is set (``enabled``), and always behind it (see service/security.py).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.deps import json_response, registry_of
-from service.routing import LeanRoute
 from service.schemas import ErrorResponse
+from service.security import API_KEY
+from service.settings import Settings
 
-router = APIRouter(prefix="/v2/repository", tags=["model repository"], route_class=LeanRoute)
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404)}
+router = APIRouter(prefix="/v2/repository", tags=["model repository"], dependencies=[API_KEY])
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 404)}
 
 
+def enabled(settings: Settings) -> bool:
+    """Model management exists only behind a key."""
+    return settings.api_key is not None
 
 
 @router.post("/index", summary="Every model of the manifest and its state", responses=_ERRORS)

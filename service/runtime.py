@@ -67,8 +67,7 @@ def select_providers(device: str) -> list[str]:
             f"(available: {', '.join(available)}). Install the GPU build: "
             "pip uninstall -y onnxruntime && pip install -e '.[serve,gpu]', or use --device cpu."
         )
-    log.info("device auto: no CUDA execution provider in this onnxruntime build; running on the CPU")
-    return [CPU]
+    return [CPU]  # the service logs the notice once, where it loads the models
 
 
 @dataclass(frozen=True)

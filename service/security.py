@@ -1,22 +1,24 @@
-"""Access control and browser security headers: the policy (applied by :mod:`service.middleware`).
+"""Access control and browser security headers.
 
-* With ``DIGITS_API_KEY`` set, prediction and model management need the key, as
-  ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (compared in constant time).
-  Health, readiness, metadata and the page stay open so probes and the UI work.
+* With ``DIGITS_API_KEY`` set, the routes declared with ``dependencies=[API_KEY]`` (prediction and
+  model management) need the key, as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``
+  (compared in constant time). The OpenAPI document's security requirements come from the same
+  declaration. Health, readiness, metadata and the page stay open so probes and the UI work.
 * Every answer carries ``X-Content-Type-Options: nosniff``; the drawing page and its files
   also a strict Content-Security-Policy (same-origin only: no inline code, no outside
-  resource) and the usual anti-framing and referrer headers.
+  resource) and the usual anti-framing and referrer headers (applied by :mod:`service.middleware`).
 """
 
 from __future__ import annotations
 
 import hmac
-import re
+from typing import Annotated
 
+from fastapi import Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import Scope
 
-PROTECTED = re.compile(r"^/(predict|v2/models/[^/]+(/versions/[^/]+)?/infer|v2/repository/.*)$")
-PAGE = re.compile(r"^/($|web/)")
+from service.errors import UnauthorizedError
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
@@ -34,6 +36,11 @@ NOSNIFF = (b"x-content-type-options", b"nosniff")
 API_RESPONSE_HEADERS = [NOSNIFF]
 PAGE_RESPONSE_HEADERS = [NOSNIFF, *PAGE_HEADERS]
 
+# The two ways of presenting the key, as OpenAPI security schemes. auto_error=False: the check below
+# decides, and it looks at every header the request carries, not just the first.
+_BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", description="Authorization: Bearer <DIGITS_API_KEY>")
+_X_API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey", description="the DIGITS_API_KEY")
+
 
 def _presented_keys(scope: Scope) -> list[bytes]:
     """Every key the request presents: X-API-Key headers and Authorization headers, whose value must be
@@ -47,9 +54,40 @@ def _presented_keys(scope: Scope) -> list[bytes]:
     return keys
 
 
+def check_api_key(request: Request) -> None:
+    """Raise UnauthorizedError unless no key is configured or every key the request presents is right
+    (so the answer cannot depend on which header comes first)."""
+    secret = request.app.state.settings.api_key
+    if secret is None:
+        return
+    presented = _presented_keys(request.scope)
+    if not presented:
+        raise UnauthorizedError("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+    expected = secret.get_secret_value().encode()
+    if not all([hmac.compare_digest(k, expected) for k in presented]):
+        raise UnauthorizedError("invalid API key")
+
+
+async def require_api_key(
+    request: Request,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
+    _key: Annotated[str | None, Security(_X_API_KEY)],
+) -> None:
+    """The dependency a protected route declares; its two sub-dependencies document the schemes."""
+    check_api_key(request)
+
+
+API_KEY = Security(require_api_key)  # dependencies=[API_KEY] on every route that needs the key
+
+
+def is_page(path: str) -> bool:
+    """The drawing page and its files (they get the page's security headers)."""
+    return path == "/" or path.startswith("/web/")
+
+
 def route_path(scope: Scope) -> str:
-    """The path the router matches. ``scope["path"]`` includes the root path the app is mounted under
-    (``uvicorn --root-path /api``, a proxy prefix); matching it would let ``/api/predict`` skip the key."""
+    """The path the router matches: ``scope["path"]`` without the root path the app is mounted under
+    (``uvicorn --root-path /api``, a proxy prefix)."""
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
     if root and path.startswith(root) and path[len(root):len(root) + 1] in ("", "/"):
@@ -57,20 +95,6 @@ def route_path(scope: Scope) -> str:
     return path
 
 
-def key_error(scope: Scope, api_key: bytes | None, path: str) -> str | None:
-    """Why this request may not proceed (a 401 message), or None when it may: no key configured, a path
-    that needs none, or every key the request presents is right (so the answer cannot depend on which
-    header comes first)."""
-    if api_key is None or not PROTECTED.match(path):
-        return None
-    presented = _presented_keys(scope)
-    if not presented:
-        return "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-    if not all([hmac.compare_digest(k, api_key) for k in presented]):
-        return "invalid API key"
-    return None
-
-
 def response_headers(path: str) -> list[tuple[bytes, bytes]]:
     """The security headers every answer to ``path`` carries."""
-    return PAGE_RESPONSE_HEADERS if PAGE.match(path) else API_RESPONSE_HEADERS
+    return PAGE_RESPONSE_HEADERS if is_page(path) else API_RESPONSE_HEADERS

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -74,3 +75,31 @@ def score(capsys: pytest.CaptureFixture[str], models_dir: Path) -> Score:
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="module")
+def service(models_dir: Path) -> Iterator[Any]:
+    """The service as a real process (tests.web_helpers.ServiceProcess), for the browser tests of a module."""
+    from tests.web_helpers import ServiceProcess
+
+    server = ServiceProcess(models_dir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's headless Chromium through Playwright, for the browser tests of a module."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.web_helpers import CHROMIUM
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from tests.live_server import free_port
 
 from service.drain import DRAINING, Drain
+from testkit.live_server import free_port
 from tests.deploy_helpers import Replica
 
 DRAIN_S = 2.0

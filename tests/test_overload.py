@@ -80,18 +80,19 @@ def test_a_burst_is_shed_with_503_and_throughput_comes_back(models_dir: Path, di
     assert rss_after - rss_before < 100, report
 
 
-def test_admission_refuses_at_once_while_the_queue_is_full() -> None:
-    """What routes call before reading a body (the cheap way to shed, see bench/bench_reliability.py)."""
-    from types import SimpleNamespace
+async def test_admission_refuses_at_once_while_the_queue_is_full() -> None:
+    """What routes call before reading a body (the cheap way to shed, see bench/bench_reliability.py):
+    the batcher's own queue rule, the same one submit applies."""
+    from service.batcher import DynamicBatcher, QueueFullError
 
-    from service.errors import ApiError
-    from service.registry import Served
-
-    Served(model=None, batcher=SimpleNamespace(pending=31, max_queue=32)).admit()  # type: ignore[arg-type]
-    with pytest.raises(ApiError) as refused:
-        Served(model=None, batcher=SimpleNamespace(pending=32, max_queue=32)).admit()  # type: ignore[arg-type]
-    assert refused.value.status_code == 503 and refused.value.headers == {"Retry-After": "1"}
-    assert "32 images already queued (limit 32)" in refused.value.message
+    batcher = DynamicBatcher(lambda x: (x,), max_queue=32)
+    batcher._pending = 31  # as if 31 images were queued
+    batcher.admit()
+    batcher._pending = 32
+    with pytest.raises(QueueFullError) as refused:
+        batcher.admit()
+    assert refused.value.retry_after_s == 1
+    assert "32 images already queued (limit 32)" in str(refused.value)
 
 
 def test_sigterm_finishes_queued_requests_refuses_new_connections_and_exits(models_dir: Path, digits) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -51,6 +52,11 @@ def protected_requests(image: np.ndarray) -> list[tuple[str, str, dict]]:
     ]
 
 
+def message_and_code(body: dict) -> tuple[str, str]:
+    """(message, code) of an error body: FastAPI's shape, or the v2 protocol's on the v2 inference routes."""
+    return (body["detail"], body["error"]) if "detail" in body else (body["error"], body["code"])
+
+
 OPEN_PATHS = ["/healthz", "/readyz", "/models", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready",
               "/v2/models/lenet5", "/v2/models/lenet5/ready", "/v2/models/lenet5/versions/1", "/openapi.json",
               "/docs", "/", "/web/app.js"]
@@ -90,8 +96,8 @@ def test_every_protected_operation_without_the_key_is_401_with_a_challenge(keyed
     response = keyed.request(method, path, **kwargs)
     assert response.status_code == 401, path
     assert response.headers["www-authenticate"].startswith("Bearer")
-    body = response.json()
-    assert "missing API key" in body["detail"] and "X-API-Key" in body["detail"] and body["error"] == body["detail"]
+    message, code = message_and_code(response.json())
+    assert "missing API key" in message and "X-API-Key" in message and code == "unauthorized"
 
 
 @pytest.mark.parametrize("headers", [
@@ -108,7 +114,7 @@ def test_a_wrong_key_is_401_and_not_echoed(keyed, digit, headers) -> None:
         response = keyed.request(method, path, headers=headers, **kwargs)
         assert response.status_code == 401, (path, headers)
         assert response.headers["www-authenticate"].startswith("Bearer")
-        detail = response.json()["detail"]
+        detail, _ = message_and_code(response.json())
         assert "API key" in detail and "wrong" not in detail and KEY not in detail
 
 
@@ -120,9 +126,23 @@ def test_a_wrong_key_beside_the_right_one_is_401_whichever_header_comes_first(ke
                     [("X-API-Key", KEY), ("Authorization", "Bearer")],  # a bearer without its token
                     [("X-API-Key", KEY), ("Authorization", "Basic dXNlcjpwYXNz")]):
         response = keyed.post("/predict", json=pixels, headers=httpx.Headers(headers))
-        assert response.status_code == 401 and response.json()["detail"] == "invalid API key", headers
+        assert response.status_code == 401 and message_and_code(response.json())[0] == "invalid API key", headers
     both = httpx.Headers([("X-API-Key", KEY), ("Authorization", f"Bearer {KEY}")])
     assert keyed.post("/predict", json=pixels, headers=both).status_code == 200
+
+
+def test_no_state_changing_route_is_reachable_without_the_key(keyed) -> None:
+    """Every route that takes anything but GET or HEAD, whatever it is, answers 401 without the key,
+    so a route added later without the guard fails here."""
+    state_changing = [(method, context.path) for context in iter_route_contexts(keyed.app.routes)
+                      for method in (context.methods or set()) - {"GET", "HEAD"}]
+    assert len(state_changing) >= 6, state_changing  # /predict, both v2 infer, the three repository routes
+    for method, template in state_changing:
+        path = re.sub(r"\{[^}]+\}", "1", template.replace("{model_name}", "lenet5").replace("{name}", "mlp"))
+        response = keyed.request(method, path, json={})
+        assert response.status_code == 401, (method, path, response.text)
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    assert keyed.get("/v2/models/mlp/ready").status_code == 200  # nothing was unloaded
 
 
 def test_the_key_in_the_query_string_is_not_accepted(keyed, digit) -> None:

@@ -84,3 +84,39 @@ def test_missing_models_dir_is_a_clear_start_up_error(tmp_path: Path) -> None:
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2 and "manifest.json" in proc.stderr
+
+
+def test_a_busy_port_is_a_clear_start_up_error_before_ready(models_dir: Path) -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "cli", "serve", "--port", str(port), "--log-level", "info"],
+            cwd=REPO, env={**os.environ, "DIGITS_MODELS_DIR": str(models_dir)}, capture_output=True, text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "PORT=" in proc.stderr
+    assert "ready" not in proc.stdout + proc.stderr.replace("already", "")
+
+
+def test_the_device_notice_is_logged_once(models_dir: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: no notice")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "serve", "--port", str(port), "--device", "auto", "--log-level", "info"],
+        cwd=REPO, env={**os.environ, "DIGITS_MODELS_DIR": str(models_dir)}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_ready(port, proc)
+    finally:
+        stop_server(proc)
+    output = proc.stdout.read() if proc.stdout else ""
+    assert output.count("no CUDA execution provider") == 1, output

@@ -18,7 +18,6 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from service import v2
 from service.app import create_app
 from service.settings import Settings
 
@@ -27,11 +26,8 @@ INFER = "/v2/models/lenet5/infer"
 
 
 def v2_app(settings: Settings) -> FastAPI:
-    """The app with the v2 routes (included here too, in case the app factory does not include them)."""
-    app = create_app(settings)
-    if not v2._routes_to(app, "POST", "/v2/models/lenet5/infer"):
-        app.include_router(v2.router)
-    return app
+    """The app; the factory includes the v2 routes."""
+    return create_app(settings)
 
 
 @pytest.fixture(scope="module")

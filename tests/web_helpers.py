@@ -20,6 +20,7 @@ from testkit.live_server import free_port, start_server, stop_server, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 INK = 128  # a pixel above this (0..255) is ink to trace
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 @dataclass

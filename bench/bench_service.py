@@ -42,7 +42,10 @@ CONFIGS = {  # name -> (environment, workers)
     "batched-2w": ({"DIGITS_MAX_BATCH_SIZE": "64"}, 2),
     "unbatched-2w": ({"DIGITS_MAX_BATCH_SIZE": "1"}, 2),
     "bare": ({}, 1),  # bench/bare_app.py: trivial endpoint only
+    "naive": ({}, 1),  # bench/naive_app.py: inference inline in the handler, naive upload preprocessing
 }
+PEERS = {"bare": "bench.bare_app:app", "naive": "bench.naive_app:app"}  # plain uvicorn apps, not `digits serve`
+PEER_PATHS = {("naive", "png"): "/upload"}  # where a peer takes a request kind, when not the service's path
 
 
 @dataclass
@@ -111,12 +114,12 @@ def multipart(data: bytes) -> tuple[bytes, str]:
 
 def start(config: str, port: int, models_dir: Path) -> subprocess.Popen:
     env_extra, workers = CONFIGS[config]
-    if config == "bare":
+    if config in PEERS:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--host", "127.0.0.1", "--port", str(port),
+            [sys.executable, "-m", "uvicorn", PEERS[config], "--host", "127.0.0.1", "--port", str(port),
              "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_ready(port, proc, timeout_s=30, path="/healthz")
+        wait_ready(port, proc, timeout_s=30, path="/healthz" if config == "bare" else "/docs")
         return proc
     proc = start_server(port, models_dir, output=subprocess.DEVNULL, DIGITS_WORKERS=str(workers), **env_extra)
     wait_ready(port, proc, timeout_s=90)
@@ -157,7 +160,8 @@ def main() -> int:
     # median of the rounds rides out this machine's swings in speed.
     cells = [(config, kind, clients) for config in args.configs for kind in args.kinds for clients in args.clients
              if not (kind == "trivial" and config.startswith("unbatched"))  # the batched server's endpoint
-             and not (config == "bare" and kind != "trivial")]  # the bare app has no model
+             and not (config == "bare" and kind != "trivial")  # the bare app has no model
+             and not (config == "naive" and kind == "trivial")]  # nor has the naive app a trivial endpoint
     ports: dict[str, int] = {}
     procs: list[subprocess.Popen] = []
     rounds: dict[tuple[str, str, int], list[Result]] = {cell: [] for cell in cells}
@@ -167,12 +171,13 @@ def main() -> int:
             procs.append(start(config, ports[config], args.models_dir))
         for config, kind in dict.fromkeys((config, kind) for config, kind, _ in cells):
             path, script = scripts[kind]
+            path = PEER_PATHS.get((config, kind), path)
             run_wrk(f"http://127.0.0.1:{ports[config]}{path}", script, 16, 1.0, args.wrk_threads)  # warm-up
         for number in range(1, args.rounds + 1):
             print(f"round {number} of {args.rounds}", flush=True)
             for config, kind, clients in cells:
                 path, script = scripts[kind]
-                url = f"http://127.0.0.1:{ports[config]}{path}"
+                url = f"http://127.0.0.1:{ports[config]}{PEER_PATHS.get((config, kind), path)}"
                 rounds[(config, kind, clients)].append(run_wrk(url, script, clients, args.duration, args.wrk_threads))
     finally:
         for proc in procs:
@@ -204,6 +209,12 @@ def main() -> int:
         if bare and triv and bat:
             print(f"  at {clients:>3} clients, against a bare FastAPI endpoint: the service's trivial endpoint "
                   f"{triv.rps / bare.rps:.2f}, batched json {bat.rps / bare.rps:.2f} (bare p99 {bare.p99_ms:.1f} ms)")
+    for kind in args.kinds:
+        for clients in args.clients:
+            bat, naive = get("batched", kind, clients), get("naive", kind, clients)
+            if bat and naive:
+                print(f"  batched / naive {kind} at {clients:>3} clients: {bat.rps / naive.rps:.2f} "
+                      f"(p50 {bat.p50_ms:.2f} vs {naive.p50_ms:.2f} ms, p99 {bat.p99_ms:.1f} vs {naive.p99_ms:.1f} ms)")
     b1, u1 = get("batched", "json", 1), get("unbatched", "json", 1)
     if b1 and u1:
         print(f"  lone client p50: batched {b1.p50_ms:.3f} ms vs unbatched {u1.p50_ms:.3f} ms "

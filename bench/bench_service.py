@@ -44,8 +44,11 @@ CONFIGS = {  # name -> (environment, workers)
     "bare": ({}, 1),  # bench/bare_app.py: trivial endpoint only
     "baseline": ({"DIGITS_MAX_BATCH_SIZE": "64"}, 1),  # batched, from the --baseline checkout
     "stock": ({"DIGITS_MAX_BATCH_SIZE": "64"}, 1),  # batched, routes on FastAPI's APIRoute
+    "naive": ({}, 1),  # bench/naive_app.py: inference inline in the handler, naive upload preprocessing
 }
-DEFAULT_CONFIGS = ["batched", "unbatched", "batched-2w", "unbatched-2w", "bare"]
+DEFAULT_CONFIGS = ["batched", "unbatched", "batched-2w", "unbatched-2w", "bare", "naive"]
+PEERS = {"bare": "bench.bare_app:app", "naive": "bench.naive_app:app"}  # plain uvicorn apps, not `digits serve`
+PEER_PATHS = {("naive", "png"): "/upload"}  # where a peer takes a request kind, when not the service's path
 
 
 @dataclass
@@ -126,12 +129,12 @@ def start(config: str, port: int, models_dir: Path, baseline: Path | None = None
                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wait_ready(port, proc, timeout_s=90)
         return proc
-    if config == "bare":
+    if config in PEERS:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--host", "127.0.0.1", "--port", str(port),
+            [sys.executable, "-m", "uvicorn", PEERS[config], "--host", "127.0.0.1", "--port", str(port),
              "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_ready(port, proc, timeout_s=30, path="/healthz")
+        wait_ready(port, proc, timeout_s=30, path="/healthz" if config == "bare" else "/docs")
         return proc
     proc = start_server(port, models_dir, output=subprocess.DEVNULL, DIGITS_WORKERS=str(workers), **env_extra)
     wait_ready(port, proc, timeout_s=90)
@@ -173,7 +176,7 @@ def main() -> int:
     # median of the rounds rides out this machine's swings in speed.
     cells = [(config, kind, clients) for config in args.configs for kind in args.kinds for clients in args.clients
              # /healthz: on the batched server and the baseline only
-             if not (kind == "trivial" and config.startswith(("unbatched", "stock")))
+             if not (kind == "trivial" and config.startswith(("unbatched", "stock", "naive")))
              and not (config == "bare" and kind != "trivial")]  # the bare app has no model
     ports: dict[str, int] = {}
     procs: list[subprocess.Popen] = []
@@ -184,12 +187,13 @@ def main() -> int:
             procs.append(start(config, ports[config], args.models_dir, args.baseline))
         for config, kind in dict.fromkeys((config, kind) for config, kind, _ in cells):
             path, script = scripts[kind]
+            path = PEER_PATHS.get((config, kind), path)
             run_wrk(f"http://127.0.0.1:{ports[config]}{path}", script, 16, 1.0, args.wrk_threads)  # warm-up
         for number in range(1, args.rounds + 1):
             print(f"round {number} of {args.rounds}", flush=True)
             for config, kind, clients in cells:
                 path, script = scripts[kind]
-                url = f"http://127.0.0.1:{ports[config]}{path}"
+                url = f"http://127.0.0.1:{ports[config]}{PEER_PATHS.get((config, kind), path)}"
                 rounds[(config, kind, clients)].append(run_wrk(url, script, clients, args.duration, args.wrk_threads))
     finally:
         for proc in procs:
@@ -221,6 +225,12 @@ def main() -> int:
         if bare and triv and bat:
             print(f"  at {clients:>3} clients, against a bare FastAPI endpoint: the service's trivial endpoint "
                   f"{triv.rps / bare.rps:.2f}, batched json {bat.rps / bare.rps:.2f} (bare p99 {bare.p99_ms:.1f} ms)")
+    for kind in args.kinds:
+        for clients in args.clients:
+            bat, naive = get("batched", kind, clients), get("naive", kind, clients)
+            if bat and naive:
+                print(f"  batched / naive {kind} at {clients:>3} clients: {bat.rps / naive.rps:.2f} "
+                      f"(p50 {bat.p50_ms:.2f} vs {naive.p50_ms:.2f} ms, p99 {bat.p99_ms:.1f} vs {naive.p99_ms:.1f} ms)")
     b1, u1 = get("batched", "json", 1), get("unbatched", "json", 1)
     if b1 and u1:
         print(f"  lone client p50: batched {b1.p50_ms:.3f} ms vs unbatched {u1.p50_ms:.3f} ms "

@@ -10,7 +10,16 @@ to that long after the oldest request for a batch to fill.
 A request carrying k images counts k against both the batch size and the
 bounded queue (``max_queue`` images); a full queue is refused at once with
 :class:`QueueFullError` rather than letting latency grow without bound.
-Inference runs in a worker thread, never on the event loop.
+
+Inference runs in a worker thread, except where the model costs less than the
+trip to that thread and back. :meth:`calibrate` measures both at start-up; with
+``inline="auto"`` a batch small enough to cost less than one hand-off (for the
+shipped LeNet-5 on a CPU: a lone request or two) is run by the batcher's task on
+the event loop itself. The batcher's task runs after every request that was ready
+in the same turn of the loop has queued, so under load batches grow past that
+size and go to the thread, which lets the loop parse the next requests while the
+model runs. A model slower than :data:`INLINE_MAX_S` per call is never run
+inline, so a slow model cannot block the loop.
 """
 
 from __future__ import annotations
@@ -23,12 +32,16 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from statistics import median
+from typing import Literal
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 InferFn = Callable[[np.ndarray], Sequence[np.ndarray]]
+InlinePolicy = Literal["auto", "on", "off"]
+INLINE_MAX_S = 0.001  # never run longer than this on the event loop, whatever the policy
 BatchObserver = Callable[[int, Sequence[float], float], None]  # (images, queue waits in s, inference s)
 
 
@@ -68,6 +81,7 @@ class DynamicBatcher:
         name: str = "model",
         executor: Executor | None = None,
         observer: BatchObserver | None = None,
+        inline: InlinePolicy = "off",
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -75,6 +89,8 @@ class DynamicBatcher:
             raise ValueError(f"max_delay_ms must be 0 or more, got {max_delay_ms}")
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, got {max_queue}")
+        if inline not in ("auto", "on", "off"):
+            raise ValueError(f"inline must be auto, on or off, got {inline!r}")
         self.infer = infer
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_ms / 1000.0
@@ -89,6 +105,10 @@ class DynamicBatcher:
         self._closed = False
         self._task: asyncio.Task[None] | None = None
         self._image_seconds = 1e-4  # running estimate of inference time per image, for Retry-After
+        self.inline_policy: InlinePolicy = inline
+        self.inline_max_images = 0  # set by calibrate(); 0: never inline
+        self.model_seconds = 0.0  # measured by calibrate(): one call on one image
+        self.handoff_seconds = 0.0  # measured by calibrate(): a round trip to the inference thread
 
     @property
     def pending(self) -> int:
@@ -111,6 +131,46 @@ class DynamicBatcher:
         if self._pending + images > self.max_queue:
             retry = max(1.0, self._pending * self._image_seconds)
             raise QueueFullError(self._pending, self.max_queue, retry)
+
+    async def calibrate(self, sample: np.ndarray, rounds: int = 25) -> None:
+        """Measure one call of the model on ``sample`` (one image) on this thread and a round trip to the
+        inference thread, medians of ``rounds``; then decide how many images may run inline (see the module)."""
+        loop = asyncio.get_running_loop()
+        model, hop = [], []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            self.infer(sample)
+            model.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await loop.run_in_executor(self._executor, _nothing)
+            hop.append(time.perf_counter() - started)
+        self.model_seconds, self.handoff_seconds = median(model), median(hop)
+        budget = {"off": 0.0, "auto": min(self.handoff_seconds, INLINE_MAX_S), "on": INLINE_MAX_S}[self.inline_policy]
+        fits = int(budget / self.model_seconds) if self.model_seconds > 0 else 0
+        self.inline_max_images = min(fits, self.max_batch_size)
+        log.info("model %s: %.0f us a call on one image, %.0f us a hand-off to the inference thread; inline=%s: "
+                 "%s", self.name, self.model_seconds * 1e6, self.handoff_seconds * 1e6, self.inline_policy,
+                 f"batches of up to {self.inline_max_images} images run on the event loop"
+                 if self.inline_max_images else "every request goes through the inference thread")
+
+    def _checked(self, outputs: Sequence[np.ndarray], k: int) -> Sequence[np.ndarray]:
+        for out in outputs:
+            if len(out) != k:
+                raise InferenceError(f"model {self.name} returned {len(out)} rows for a batch of {k}")
+        return outputs
+
+    def _failure(self, exc: Exception, k: int) -> InferenceError:
+        log.error("inference failed on a batch of %d images (model %s)", k, self.name, exc_info=exc)
+        if isinstance(exc, InferenceError):
+            return exc
+        return InferenceError(f"inference failed in model {self.name}: {type(exc).__name__}: {exc}")
+
+    def _observed(self, k: int, waits: Sequence[float], started: float) -> float:
+        elapsed = time.perf_counter() - started
+        self._image_seconds = 0.9 * self._image_seconds + 0.1 * elapsed / k
+        if self._observer is not None:
+            self._observer(k, waits, elapsed)
+        return elapsed
 
     async def submit(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         """Queue ``x`` (k images) and wait for its outputs, each sliced to k rows."""
@@ -179,29 +239,23 @@ class DynamicBatcher:
             started = time.perf_counter()
             x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
             try:
-                outputs = await loop.run_in_executor(self._executor, self.infer, x)
-                for out in outputs:
-                    if len(out) != len(x):
-                        raise InferenceError(f"model {self.name} returned {len(out)} rows for a batch of {len(x)}")
+                if len(x) <= self.inline_max_images:  # cheaper than the hand-off: run it here, on the loop
+                    outputs = self._checked(self.infer(x), len(x))
+                else:
+                    outputs = self._checked(await loop.run_in_executor(self._executor, self.infer, x), len(x))
             except Exception as exc:  # the model failed: fail the whole batch at once, never hang it
-                log.exception("inference failed on a batch of %d images (model %s)", len(x), self.name)
-                error = exc if isinstance(exc, InferenceError) else InferenceError(
-                    f"inference failed in model {self.name}: {type(exc).__name__}: {exc}"
-                )
+                error = self._failure(exc, len(x))
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(error)
                 continue
-            elapsed = time.perf_counter() - started
-            self._image_seconds = 0.9 * self._image_seconds + 0.1 * elapsed / len(x)
+            self._observed(len(x), [started - item.enqueued for item in batch], started)
             start = 0
             for item in batch:
                 k = len(item.x)
                 if not item.future.done():
                     item.future.set_result(tuple(out[start : start + k] for out in outputs))
                 start += k
-            if self._observer is not None:
-                self._observer(len(x), [started - item.enqueued for item in batch], elapsed)
 
     async def close(self, timeout_s: float = 30.0) -> None:
         """Refuse new work, finish everything queued, then stop the worker thread."""
@@ -220,3 +274,7 @@ class DynamicBatcher:
         self._pending = 0
         if self._own_executor:
             self._executor.shutdown(wait=False)
+
+
+def _nothing() -> None:
+    """The work of a thread hand-off with no work in it, for :meth:`DynamicBatcher.calibrate`."""

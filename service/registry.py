@@ -60,17 +60,20 @@ class ModelRegistry:
         self._providers: list[str] = []
         self._swap_lock = asyncio.Lock()
 
-    def _batcher(self, model: LoadedModel) -> DynamicBatcher:
+    async def _batcher(self, model: LoadedModel) -> DynamicBatcher:
         s = self.settings
+        metrics = self.metrics
         batcher = DynamicBatcher(
             model.run,
             max_batch_size=s.max_batch_size,
             max_delay_ms=s.max_delay_ms,
             max_queue=s.max_queue,
             name=model.name,
-            observer=self.metrics.batch_observer(model.name),
+            observer=metrics.batch_observer(model.name),
+            inline=s.inline_inference,
         )
-        self.metrics.track_pending(model.name, lambda: batcher.pending)
+        await batcher.calibrate(np.zeros((1, 1, 28, 28), np.float32))
+        metrics.track_pending(model.name, lambda: batcher.pending)
         batcher.start()
         return batcher
 
@@ -87,7 +90,7 @@ class ModelRegistry:
         self.manifest = manifest
         self.failed = failed
         for name, model in loaded.items():
-            self.served[name] = Served(model, self._batcher(model))
+            self.served[name] = Served(model, await self._batcher(model))
         self.default_model = s.default_model or manifest.default_model or next(iter(loaded), None)
         if self.default_model not in {e.name for e in manifest.entries}:
             log.error("default model %r is not in %s", self.default_model, manifest.path)
@@ -123,7 +126,7 @@ class ModelRegistry:
                 log.error("reload of %s rejected (%s): %s", name, keeps, exc)
                 raise ModelLoadError(f"model {name!r} not loaded ({keeps}): {exc}") from None
             old = self.served.get(name)
-            self.served[name] = Served(model, self._batcher(model))
+            self.served[name] = Served(model, await self._batcher(model))
             self.failed.pop(name, None)
             self.manifest = manifest
             log.info("model %s v%s loaded from %s (sha256 %s)", name, model.version, entry.file, model.sha256[:12])

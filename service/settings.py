@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     max_delay_ms: float = Field(
         0.0, ge=0, description="0: dispatch at once when the model is idle; >0: wait up to this long to fill a batch"
     )
+    inline_inference: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: a batch cheaper than a hand-off to the inference thread (measured at start-up) "
+                            "runs on the event loop; on: whatever takes under 1 ms; off: never"
+    )
     max_queue: int = Field(512, ge=1, description="most images waiting per model; beyond it requests get 503")
     request_timeout_s: float = Field(10.0, gt=0, description="a request waiting longer than this gets 504")
 

@@ -181,6 +181,7 @@ async def test_close_finishes_queued_work_then_refuses_new_work() -> None:
         ({"max_batch_size": 0}, "max_batch_size"),
         ({"max_delay_ms": -1}, "max_delay_ms"),
         ({"max_queue": 0}, "max_queue"),
+        ({"inline": "sometimes"}, "inline"),
     ],
 )
 def test_bad_knobs_are_rejected(kwargs: dict, match: str) -> None:
@@ -197,4 +198,103 @@ async def test_batch_size_one_turns_batching_off() -> None:
     model.gate.set()
     await asyncio.gather(*tasks)
     assert model.batches == [1, 1, 1, 1]
+    await batcher.close()
+
+
+# --- inline inference: a lone request on the event loop when the model costs less than the hand-off -----------
+
+
+def _shipped_lenet(models_dir):
+    from service.runtime import load_model
+
+    return load_model(models_dir / "lenet5.onnx", warmup_batch_sizes=(1,))
+
+
+async def test_inline_and_thread_paths_give_identical_outputs_on_the_real_model(models_dir, mnist_test_sample) -> None:
+    model = _shipped_lenet(models_dir)
+    x = mnist_test_sample[0][:5].reshape(-1, 1, 28, 28).astype(np.float32)
+    ran_on: list[str] = []
+
+    def infer(batch: np.ndarray):
+        ran_on.append(threading.current_thread().name)
+        return model.run(batch)
+
+    inline = DynamicBatcher(infer, inline="on", name="inline")
+    await inline.calibrate(x[:1])
+    threaded = DynamicBatcher(infer, inline="off", name="threaded")
+    await threaded.calibrate(x[:1])
+    assert inline.inline_max_images >= 1 and threaded.inline_max_images == 0
+    ran_on.clear()
+    for i in range(len(x)):
+        a = await inline.submit(x[i : i + 1])
+        assert ran_on[-1] == threading.current_thread().name  # ran on the event loop's thread
+        b = await threaded.submit(x[i : i + 1])
+        assert ran_on[-1] != threading.current_thread().name  # ran in the inference thread
+        for out_a, out_b in zip(a, b, strict=True):
+            np.testing.assert_array_equal(out_a, out_b)
+    assert [int(p.argmax()) for p in (await inline.submit(x[:1]))[1]] == [int(mnist_test_sample[1][0])]
+    await inline.close()
+    await threaded.close()
+
+
+async def test_auto_runs_a_lone_request_inline_when_the_model_is_cheaper_than_the_hand_off() -> None:
+    model = Recorder()  # microseconds a call: far below a thread round trip
+    batcher = DynamicBatcher(model, inline="auto")
+    await batcher.calibrate(images(0))
+    assert batcher.model_seconds < batcher.handoff_seconds
+    model.threads.clear()
+    out, _ = await batcher.submit(images(7))
+    assert out.tolist() == [7] and model.threads == {threading.current_thread().name}
+    await batcher.close()
+
+
+async def test_a_slow_model_never_runs_on_the_event_loop_whatever_the_policy() -> None:
+    model = Recorder(delay_s=0.005)  # 5 ms a call: over the inline ceiling
+    batcher = DynamicBatcher(model, inline="on")
+    await batcher.calibrate(images(0), rounds=3)
+    assert batcher.inline_max_images == 0
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    model.threads.clear()
+    results = await asyncio.gather(*(batcher.submit(images(i)) for i in range(4)))
+    task.cancel()
+    assert [int(r[0][0]) for r in results] == [0, 1, 2, 3]
+    assert threading.current_thread().name not in model.threads
+    assert ticks >= 2  # the loop kept running while the model worked
+    await batcher.close()
+
+
+async def test_under_load_requests_are_batched_in_the_thread_not_run_inline() -> None:
+    model = Recorder()
+    batcher = DynamicBatcher(model, inline="on", max_batch_size=64)
+    await batcher.calibrate(images(0))
+    assert batcher.inline_max_images >= 1
+    batcher.inline_max_images = 2  # as for a model costing half a hand-off
+    model.threads.clear()
+    model.batches.clear()
+    # Forty requests ready in the same turn of the loop: the batcher's task sees them all as one batch.
+    results = await asyncio.gather(*(batcher.submit(images(i)) for i in range(40)))
+    assert [int(r[0][0]) for r in results] == list(range(40))
+    assert model.batches == [40]
+    assert threading.current_thread().name not in model.threads  # too big to run inline: the thread ran it
+    await batcher.close()
+
+
+async def test_an_inline_failure_is_the_same_inference_error_as_in_the_thread() -> None:
+    def broken(x: np.ndarray):
+        raise RuntimeError("boom")
+
+    batcher = DynamicBatcher(Recorder(), inline="on")
+    await batcher.calibrate(images(0))
+    batcher.infer = broken
+    with pytest.raises(InferenceError, match="boom"):
+        await batcher.submit(images(1))
     await batcher.close()

@@ -25,20 +25,25 @@ import multiprocessing
 import os
 import struct
 import time
+import types
 import zlib
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 try:  # ISA-L's gzip: the same bytes, decompressed 2-3x faster than zlib (bench/bench_score.py)
-    from isal import igzip as _gzip
-    from isal.isal_zlib import error as _IsalError
+    from isal import igzip
+    from isal.isal_zlib import error as _isal_error
+
+    _gzip: types.ModuleType = igzip
+    # isal's stubs declare its error as an instance; at run time it is the exception class.
+    _ISAL_ERRORS: tuple[type[BaseException], ...] = (cast("type[BaseException]", _isal_error),)
 except ImportError:  # an install without the serve extra: the standard library's gzip
-    _gzip = gzip  # type: ignore[misc]
-    _IsalError = zlib.error  # type: ignore[misc,assignment]
+    _gzip = gzip
+    _ISAL_ERRORS = ()
 
 import numpy as np
 
@@ -79,7 +84,8 @@ POOL_MIN_WORK_S = 0.5
 TASK_FILES = 32  # image files per task decoded in the reading thread
 TASK_TARGET_S = 0.02  # seconds of decoding per worker task: its IPC (a path list out, float32 [k,28,28] back) is
 MAX_TASK_FILES = 256  # then a few percent of it
-_GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, _IsalError)
+_GZIP_ERRORS: tuple[type[BaseException], ...] = (EOFError, zlib.error, gzip.BadGzipFile, *_ISAL_ERRORS)
+_READ_ERRORS: tuple[type[BaseException], ...] = (OSError, *_GZIP_ERRORS)
 
 
 class UsageError(Exception):
@@ -239,7 +245,7 @@ def _kind(path: Path, explicit: bool) -> str:
     try:
         with _open_maybe_gzip(path) as f:
             head = f.read(8)
-    except (OSError, *_GZIP_ERRORS) as exc:
+    except _READ_ERRORS as exc:
         return f"cannot read the file: {getattr(exc, 'strerror', None) or exc}"
     if head[:4] in (IDX_IMAGES_MAGIC.to_bytes(4, "big"), IDX_LABELS_MAGIC.to_bytes(4, "big")):
         return "idx"
@@ -257,7 +263,7 @@ def _open_maybe_gzip(path: Path) -> BinaryIO:
     except OSError:
         raw.close()
         raise
-    return _gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw  # type: ignore[return-value]
+    return _gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
 
 
 def _idx_header(f: BinaryIO) -> int:
@@ -279,7 +285,7 @@ def _idx_count(path: Path) -> int:
     try:
         with _open_maybe_gzip(path) as f:
             return _idx_header(f)
-    except (OSError, *_GZIP_ERRORS) as exc:
+    except _READ_ERRORS as exc:
         raise _Bad(f"cannot read the file: {getattr(exc, 'strerror', None) or exc}") from None
 
 

@@ -19,8 +19,8 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def registry_of(request: Request) -> ModelRegistry:
-    return request.app.state.registry  # type: ignore[no-any-return]
+    return request.app.state.registry
 
 
 def settings_of(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings

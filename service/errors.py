@@ -82,7 +82,7 @@ ERRORS: dict[type[Exception], Rule] = {
 
 def rule_for(exc: BaseException) -> Rule:
     for cls in type(exc).__mro__:
-        rule = ERRORS.get(cls)  # type: ignore[call-overload]
+        rule = ERRORS.get(cls)
         if rule is not None:
             return rule
     raise LookupError(f"no HTTP answer for {type(exc).__name__}; add it to service.errors.ERRORS")

@@ -49,7 +49,7 @@ class LeanRoute(APIRoute):
                     raise RequestValidationError(
                         [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]
                     ) from None
-            return await endpoint(request, **kwargs)  # type: ignore[no-any-return]
+            return await endpoint(request, **kwargs)
 
         return handler
 

@@ -11,9 +11,9 @@ import base64
 import binascii
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, WithJsonSchema, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, JsonValue, Tag, WithJsonSchema, field_validator
 
-_EXAMPLE_ROW = [0] * 28
+_EXAMPLE_ROW: list[JsonValue] = [0] * 28
 
 PixelArrays = Annotated[Any, WithJsonSchema({
     "anyOf": [

@@ -83,7 +83,7 @@ def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
             return [resolve(v) for v in node]
         return node
 
-    return resolve(schema)  # type: ignore[no-any-return]
+    return resolve(schema)
 
 
 _EXAMPLE_DATA = [0.0] * 784

@@ -7,7 +7,7 @@ time (raw or through a streaming gzip reader), Kaggle CSVs through
 ``training.datasets.iter_kaggle_csv`` in chunks, and image files are decoded by worker
 processes with a bounded number of tasks in flight.
 
-Image files go through ``service.preprocess.preprocess_image_bytes``, the service's own
+Image files go through ``service.imaging.preprocess_image_bytes``, the service's own
 preprocessing, so a file gets the same pixels here as in an upload. IDX and CSV images are
 MNIST-style already and go to the model as they are.
 
@@ -36,7 +36,7 @@ from PIL import Image
 
 from clients.batches import Batch, InputError, error_batch
 from clients.pipeline import ordered_map
-from service.preprocess import DEFAULT_MAX_PIXELS, SUPPORTED_FORMATS, PreprocessError, preprocess_image_bytes
+from service.imaging import DEFAULT_MAX_PIXELS, SUPPORTED_FORMATS, ImagingError, preprocess_image_bytes
 from training.datasets import (
     IDX_IMAGES_MAGIC,
     IDX_LABELS_MAGIC,
@@ -422,7 +422,7 @@ def decode_files(paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> Task
             out[len(good)] = preprocess_image_bytes(data, max_pixels=max_pixels)
         except OSError as exc:
             bad.append((i, f"cannot read the file: {exc.strerror or exc}"))
-        except PreprocessError as exc:
+        except ImagingError as exc:
             bad.append((i, str(exc)))
         else:
             good.append(i)

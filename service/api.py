@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -15,7 +16,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from service import preprocess
+from service import imaging
 from service.deps import json_response, registry_of, settings_of
 from service.errors import ApiError
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -32,6 +33,7 @@ from service.schemas import (
 from service.settings import Settings
 
 router = APIRouter(route_class=LeanRoute)
+T = TypeVar("T")
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": why}
@@ -82,15 +84,24 @@ _PREDICT_BODY = {
 
 
 
+# The one mapping from the imaging package's errors to HTTP statuses (anything else: 422).
+IMAGING_STATUS: dict[type[imaging.ImagingError], int] = {imaging.ImageTooLargeError: 413}
+
+
+def imaging_error(exc: imaging.ImagingError, where: str = "") -> ApiError:
+    """An imaging error as the HTTP answer: its status and message, prefixed with `where`."""
+    status = next((code for kind, code in IMAGING_STATUS.items() if isinstance(exc, kind)), 422)
+    return ApiError(status, f"{where}{exc}")
+
+
 def _preprocess_all(blobs: list[bytes], max_pixels: int) -> np.ndarray:
     """Encoded images -> float32 [N,1,28,28]; a bad image names its position."""
     out = np.empty((len(blobs), 1, 28, 28), np.float32)
     for i, data in enumerate(blobs):
         try:
-            out[i, 0] = preprocess.preprocess_image_bytes(data, max_pixels=max_pixels)
-        except preprocess.PreprocessError as exc:
-            where = f"image {i}: " if len(blobs) > 1 else ""
-            raise ApiError(exc.status_code, f"{where}{exc}") from None
+            out[i, 0] = imaging.preprocess_image_bytes(data, max_pixels=max_pixels)
+        except imaging.ImagingError as exc:
+            raise imaging_error(exc, f"image {i}: " if len(blobs) > 1 else "") from None
     return out
 
 
@@ -131,22 +142,34 @@ async def read_inputs(request: Request, settings: Settings) -> tuple[np.ndarray,
     """Any accepted request body -> (float32 [N,1,28,28] MNIST-style pixels, the event loop's clock when the
     body was in). The request timeout counts from then: image files wait for one of ``decode_threads``,
     and a request still waiting ``request_timeout_s`` after its body was in gets 504."""
+    body = await read_body(request, settings, pixels=True)
+    if isinstance(body, np.ndarray):
+        return body, asyncio.get_running_loop().time()
+    return await decode_blobs(_preprocess_all, body, settings)
+
+
+async def read_body(request: Request, settings: Settings, *, pixels: bool) -> np.ndarray | list[bytes]:
+    """The request's images: JSON pixel arrays (float32 [N,1,28,28], only where `pixels`) or the
+    encoded files of a JSON, multipart or raw image body."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json" or content_type.endswith("+json"):
         try:
             doc = orjson.loads(await request.body())
         except orjson.JSONDecodeError as exc:
             raise ApiError(422, f"body is not valid JSON: {exc}") from None
+        if not pixels and isinstance(doc, dict) and "pixels" in doc:
+            raise ApiError(422, 'this route reads image files: send "images" (base64 image files); a 28x28 '
+                                '"pixels" array is one digit, which POST /predict reads')
         if not isinstance(doc, dict) or ("pixels" in doc) == ("images" in doc):
             raise ApiError(422, 'JSON body must be an object with either "pixels" (28x28 arrays) or '
                                 '"images" (base64 image files)')
         if "pixels" in doc:
             try:
-                x = preprocess.pixels_to_batch(doc["pixels"])
-            except preprocess.PreprocessError as exc:
-                raise ApiError(exc.status_code, str(exc)) from None
+                x = imaging.pixels_to_batch(doc["pixels"])
+            except imaging.ImagingError as exc:
+                raise imaging_error(exc) from None
             _check_count(len(x), settings)
-            return x, asyncio.get_running_loop().time()
+            return x
         blobs = _decode_base64(doc["images"])
     elif content_type == "multipart/form-data":
         try:
@@ -170,10 +193,18 @@ async def read_inputs(request: Request, settings: Settings) -> tuple[np.ndarray,
             "multipart/form-data with a 'file' field, or an image/* body",
         )
     _check_count(len(blobs), settings)
+    return blobs
+
+
+async def decode_blobs(
+    decode: Callable[[list[bytes], int], T], blobs: list[bytes], settings: Settings
+) -> tuple[T, float]:
+    """Run `decode(blobs, max_image_pixels)` in the thread pool -> (its result, the event loop's clock
+    when the body was in), or 504 when it waited more than the request timeout."""
     since = asyncio.get_running_loop().time()
     try:
         async with asyncio.timeout_at(since + settings.request_timeout_s):
-            return await run_in_threadpool(_preprocess_all, blobs, settings.max_image_pixels), since
+            return await run_in_threadpool(decode, blobs, settings.max_image_pixels), since
     except TimeoutError:
         raise ApiError(504, f"the request waited more than {settings.request_timeout_s:g} s to have its images "
                             "decoded (the server is busy decoding others); retry later") from None
@@ -190,7 +221,7 @@ async def read_inputs(request: Request, settings: Settings) -> tuple[np.ndarray,
 async def predict(request: Request) -> Response:
     """Accepts JSON `{"pixels": ...}` (MNIST-style 28x28 arrays), JSON `{"images": [base64...]}`,
     multipart uploads (field `file`, repeatable) or a raw `image/*` body. Uploaded images go through
-    the MNIST recipe (see `service/preprocess.py`). A blank image (no ink) is refused with 422."""
+    the MNIST recipe (see `service/imaging/`). A blank image (no ink) is refused with 422."""
     # Query parameters are read by hand: FastAPI's per-request parameter validation cost more than
     # the model itself. They are documented in _PREDICT_PARAMETERS.
     model = request.query_params.get("model")

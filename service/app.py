@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
-from service import api, repository, v2, web
+from service import api, read, repository, v2, web
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import ServiceMiddleware
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     install_error_handlers(app)
     app.include_router(api.router)
+    app.include_router(read.router)
     app.include_router(v2.router)
     if settings.api_key is not None:  # model management exists only behind a key
         app.include_router(repository.router)

@@ -15,7 +15,7 @@ import re
 
 from starlette.types import Scope
 
-PROTECTED = re.compile(r"^/(predict|v2/models/[^/]+(/versions/[^/]+)?/infer|v2/repository/.*)$")
+PROTECTED = re.compile(r"^/(predict|read|v2/models/[^/]+(/versions/[^/]+)?/infer|v2/repository/.*)$")
 PAGE = re.compile(r"^/($|web/)")
 
 CSP = (

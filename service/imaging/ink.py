@@ -1,0 +1,166 @@
+"""Luminance -> ink: where the pen is, however the page is lit.
+
+    luminance [H,W] --polarity--> ink darker than the paper
+      --flatten--> divided by a large-scale estimate of the paper's brightness
+      --threshold--> Otsu's, bounded below by the paper's own noise
+      --components--> the ink's connected pieces (hysteresis: a piece keeps its faint
+                      edges when it has at least one clearly dark pixel)
+
+The paper's brightness is estimated on a thumbnail (about 48 pixels on the shorter side):
+a morphological closing removes the strokes (anything darker and narrower than about 40 %
+of the shorter side), smoothly varying light (a gradient, a vignette) and a shadow's edge stay,
+and the estimate is scaled back up. Dividing by it turns a photo's uneven page into flat
+paper, on which one global threshold works; a clean canvas or scan is flat already and goes
+through unchanged. Filtering, morphology, thresholding and labelling are OpenCV's
+(see the README for why OpenCV rather than scipy.ndimage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from service.imaging.errors import no_ink
+
+__all__ = ["Ink", "find_ink"]
+
+# cv2 would otherwise start a thread pool per process: the service decodes in its own threads.
+cv2.setNumThreads(1)
+
+# The paper's brightness is estimated on a thumbnail of this many pixels on the shorter side,
+# with a closing this wide (odd): strokes up to about 40 % of the short side wide.
+_THUMB_SIDE = 64
+_CLOSING = 17
+# Images with a shorter side below this are small crops (an MNIST digit): no lighting to undo,
+# no noise to smooth; the paper is their 90th percentile (after polarity, the paper is light).
+_SMALL_SIDE = 64
+_SMALL_PAPER_PERCENTILE = 90.0
+# Gaussian smoothing (sigma, pixels) before anything else, on images that are not small: sensor
+# and JPEG noise drops about threefold, strokes (several pixels wide) barely change.
+_SMOOTH_SIGMA = 1.0
+# Contrast is darkness relative to the paper, 0..255 (255: black on any paper). A piece of ink
+# needs a pixel at least this dark, and at least _NOISE_SIGMAS above the paper's noise.
+_MIN_CONTRAST = 40.0
+_NOISE_SIGMAS = 8.0
+# Its faint edges are kept down to this fraction of the high threshold (hysteresis), within
+# this many pixels of a clearly dark one.
+_LOW_FRACTION = 0.5
+_EDGE_REACH = 3
+# Pieces smaller than this fraction of the shorter side squared (and than 4 pixels) are specks.
+_MIN_AREA_FRACTION = 4e-4
+# Polarity: the other side wins only when it reaches this fraction of the stronger extreme.
+_POLARITY_FLOOR = 0.25
+# ...and when neither side has this many times the other's mass, the paper's tone decides.
+_POLARITY_MASS_RATIO = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ink:
+    """The ink of an image: `strength` float32 [H,W] (0: paper, 255: black on any paper;
+    0 outside the kept pieces), `labels` int32 [H,W] (piece 1..n, 0: paper), `boxes` int32
+    [n,4] (x, y, width, height of piece k+1) and `areas` int32 [n] (pixels)."""
+
+    strength: np.ndarray
+    labels: np.ndarray
+    boxes: np.ndarray
+    areas: np.ndarray
+
+
+def find_ink(luma: np.ndarray) -> Ink:
+    """Luminance float32 [H,W] 0..255 -> its ink. Raises NoInkError when there is none."""
+    image = np.asarray(luma, dtype=np.float32)
+    if image.ndim != 2 or image.size == 0:
+        raise ValueError(f"find_ink expects a non-empty 2-D [H,W] array, got shape {image.shape}")
+    small = min(image.shape) < _SMALL_SIDE
+    if not small:
+        image = cv2.GaussianBlur(image, (0, 0), _SMOOTH_SIGMA)
+    if not _dark_ink(image):
+        image = np.float32(255.0) - image  # light ink on dark paper: now dark on light
+    contrast = _flatten(image, small)
+    return _pieces(contrast, small)
+
+
+def _dark_ink(image: np.ndarray) -> bool:
+    """Whether the ink is darker than the paper: the side of the paper's tone (the median of a
+    thumbnail) that reaches farther, unless the other comes close, then the one with more mass
+    beyond a floor (on grey paper the ink's mass outweighs glare and paper texture)."""
+    low, high, _, _ = cv2.minMaxLoc(image)
+    paper = float(np.median(_thumbnail(image)))
+    darkest, lightest = paper - low, high - paper
+    floor = _POLARITY_FLOOR * max(darkest, lightest)
+    if min(darkest, lightest) < floor:
+        return darkest > lightest
+    darker = float(np.maximum(np.float32(paper - floor) - image, 0.0).sum())
+    lighter = float(np.maximum(image - np.float32(paper + floor), 0.0).sum())
+    if max(darker, lighter) < _POLARITY_MASS_RATIO * min(darker, lighter):
+        return paper >= 127.5  # neither side stands out (empty paper): ink contrasts with the paper
+    return darker > lighter
+
+
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    height, width = image.shape
+    factor = min(height, width) / _THUMB_SIDE
+    if factor <= 1.0:
+        return image
+    size = (max(1, round(width / factor)), max(1, round(height / factor)))  # cv2: (w, h)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)  # area means
+
+
+def _flatten(image: np.ndarray, small: bool) -> np.ndarray:
+    """Dark-ink luminance -> contrast float32 [H,W]: 255 * (1 - pixel / paper brightness);
+    negative where a pixel is lighter than the estimate (noise, glare)."""
+    if small:
+        paper = np.float32(max(float(np.percentile(image, _SMALL_PAPER_PERCENTILE)), 1.0))
+        return np.float32(255.0) - image * (np.float32(255.0) / paper)
+    thumb = _thumbnail(image)
+    # Odd reflection continues the light's slope past the edges: with any other padding the
+    # edge of a page darkening outwards (a vignette) is a valley, which a closing fills in.
+    pad = _CLOSING // 2 + 1
+    padded = np.pad(thumb, pad, mode="reflect", reflect_type="odd")
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (_CLOSING, _CLOSING))
+    paper_thumb = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, kernel)  # strokes gone, light kept
+    paper_thumb = paper_thumb[pad:-pad, pad:-pad]
+    np.maximum(paper_thumb, 1.0, out=paper_thumb)
+    height, width = image.shape
+    paper = cv2.resize(paper_thumb, (width, height), interpolation=cv2.INTER_LINEAR)
+    ratio = cv2.divide(image, paper, scale=255.0)  # 255: paper, 0: black
+    return np.float32(255.0) - ratio
+
+
+def _pieces(contrast: np.ndarray, small: bool) -> Ink:
+    """Threshold the contrast and keep the connected pieces that are ink."""
+    high, low = _thresholds(contrast, small)
+    strong = (contrast > high).view(np.uint8)
+    # Hysteresis within reach: faint pixels count where they are near clearly dark ones (a
+    # stroke's soft edge), never a faint region (what is left of a shadow's edge) a stroke touches.
+    near = cv2.dilate(strong, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * _EDGE_REACH + 1,) * 2))
+    mask = near & (contrast > low).view(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
+    short = min(contrast.shape)
+    min_area = max(4.0, _MIN_AREA_FRACTION * short * short) if not small else 1.0
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
+    keep[0] = False  # the paper
+    kept = np.flatnonzero(keep)
+    if not kept.size:
+        raise no_ink()
+    relabel = np.zeros(count, dtype=np.int32)
+    relabel[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
+    labels = relabel[labels]
+    strength = np.where(labels > 0, np.clip(contrast, 0.0, 255.0), np.float32(0.0)).astype(np.float32)
+    boxes = stats[kept, :4].astype(np.int32)  # x, y, width, height
+    return Ink(strength, labels, boxes, stats[kept, cv2.CC_STAT_AREA].astype(np.int32))
+
+
+def _thresholds(contrast: np.ndarray, small: bool) -> tuple[float, float]:
+    """(high, low): Otsu's threshold of the contrast, raised to the minimum contrast and above
+    the paper's noise (a robust sigma from the median absolute deviation of a sample)."""
+    sample = contrast if small else contrast[::3, ::3]
+    centre = float(np.median(sample))
+    sigma = 1.4826 * float(np.median(np.abs(sample - np.float32(centre))))
+    levels = np.clip(contrast, 0.0, 255.0).astype(np.uint8)
+    otsu, _ = cv2.threshold(levels, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    high = max(float(otsu), _MIN_CONTRAST, centre + _NOISE_SIGMAS * sigma)
+    low = max(_LOW_FRACTION * high, centre + 0.5 * _NOISE_SIGMAS * sigma)
+    return high, low

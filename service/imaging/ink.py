@@ -54,8 +54,6 @@ _EDGE_REACH = 3
 _MIN_AREA_FRACTION = 4e-4
 # Polarity: the other side wins only when it reaches this fraction of the stronger extreme.
 _POLARITY_FLOOR = 0.25
-# ...and when neither side has this many times the other's mass, the paper's tone decides.
-_POLARITY_MASS_RATIO = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,18 +92,19 @@ def _pixel_noise(image: np.ndarray) -> float:
 
 def _dark_ink(image: np.ndarray) -> bool:
     """Whether the ink is darker than the paper: the side of the paper's tone (the median of a
-    thumbnail) that reaches farther, unless the other comes close, then the one with more mass
-    beyond a floor (on grey paper the ink's mass outweighs glare and paper texture)."""
+    thumbnail) that reaches farther, unless the other comes close. Then light paper (at least mid
+    grey) carries dark ink: a photo's page lit unevenly reaches far on both sides, and so does an
+    empty one. On dark paper the side with more mass beyond a floor wins (chalk on a board)."""
     low, high, _, _ = cv2.minMaxLoc(image)
     paper = float(np.median(_thumbnail(image)))
     darkest, lightest = paper - low, high - paper
     floor = _POLARITY_FLOOR * max(darkest, lightest)
     if min(darkest, lightest) < floor:
         return darkest > lightest
+    if paper >= 127.5:
+        return True  # light paper with both extremes (uneven light, glare): pen on paper
     darker = float(np.maximum(np.float32(paper - floor) - image, 0.0).sum())
     lighter = float(np.maximum(image - np.float32(paper + floor), 0.0).sum())
-    if max(darker, lighter) < _POLARITY_MASS_RATIO * min(darker, lighter):
-        return paper >= 127.5  # neither side stands out (empty paper): ink contrasts with the paper
     return darker > lighter
 
 

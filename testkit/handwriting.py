@@ -130,12 +130,12 @@ def numbers(digits: np.ndarray, labels: np.ndarray, count: int, seed: int) -> It
             lefts.append(x)
             x += ink.shape[1]
         margin = height * 0.3
-        sheet_h = int(math.ceil(max(t + p.shape[0] for t, p in zip(tops, pieces)) + margin))
-        sheet_w = int(math.ceil(x + 2 * margin))
+        sheet_h = math.ceil(max(t + p.shape[0] for t, p in zip(tops, pieces, strict=False)) + margin)
+        sheet_w = math.ceil(x + 2 * margin)
         sheet = np.zeros((sheet_h, sheet_w), np.float32)
         boxes = []
-        for ink, top, left in zip(pieces, tops, lefts):
-            r, c = int(round(top)), int(round(left + margin))
+        for ink, top, left in zip(pieces, tops, lefts, strict=False):
+            r, c = round(top), round(left + margin)
             region = sheet[r : r + ink.shape[0], c : c + ink.shape[1]]
             np.maximum(region, ink[: region.shape[0], : region.shape[1]], out=region)
             boxes.append((c, r, ink.shape[1], ink.shape[0]))

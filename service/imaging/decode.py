@@ -28,10 +28,12 @@ __all__ = ["DEFAULT_MAX_PIXELS", "SUPPORTED_FORMATS", "WORKING_SIDE", "Luma", "d
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "BMP", "WEBP", "GIF"})
 DEFAULT_MAX_PIXELS: int = 40_000_000
 
-# decode_luma shrinks an image whose longer side exceeds this by a whole factor first (a JPEG
-# decodes straight to the smaller size by DCT scaling): a digit needs no more than a couple
-# of hundred pixels, a number of six digits a few hundred, and the cost follows the area.
+# decode_luma shrinks an image whose longer side exceeds this by a whole factor first: a digit
+# needs no more than a couple of hundred pixels, a number of six digits a few hundred, and the
+# cost follows the area. A JPEG (a photo) decodes straight to a smaller size by DCT scaling,
+# nearly free, down to JPEG_WORKING_SIDE; a phone photo's digit is a good part of the frame.
 WORKING_SIDE: int = 1024
+JPEG_WORKING_SIDE: int = 512
 # Alpha images: when at least this fraction of the area is opaque, the opaque part is the
 # picture (a screenshot with transparent corners); below it, it is strokes on a transparent
 # canvas and the alpha channel is the ink.
@@ -205,12 +207,13 @@ class Luma:
 
 def decode_luma(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, working_side: int = WORKING_SIDE) -> Luma:
     """Uploaded bytes -> their luminance, shrunk by a whole factor to at most `working_side`
-    pixels a side (a JPEG decodes straight to the smaller size; others are box-averaged, which
-    keeps thin strokes). Raises ImageDecodeError or ImageTooLargeError."""
+    pixels a side (a JPEG: JPEG_WORKING_SIDE, decoding straight to the smaller size; others are
+    box-averaged, which keeps thin strokes). Raises ImageDecodeError or ImageTooLargeError."""
     image = _open(data, max_pixels)
     longest = max(image.size)  # the uploaded side, whatever the EXIF orientation
-    factor = _shrink_factor(image.size, working_side)
-    if factor > 1 and image.format == "JPEG":  # DCT scaling; "L" decodes only the luminance
+    jpeg = _FORMAT_ALIASES.get(image.format or "", image.format) == "JPEG"
+    factor = _shrink_factor(image.size, min(working_side, JPEG_WORKING_SIDE) if jpeg else working_side)
+    if factor > 1 and jpeg:  # DCT scaling; "L" decodes only the luminance
         image.draft("L" if image.mode in ("RGB", "YCbCr") else None, (image.width // factor, image.height // factor))
     luma = luma_of(_load(image, max_pixels))
     rest = _shrink_factor(luma.shape, working_side)

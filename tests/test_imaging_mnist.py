@@ -44,6 +44,16 @@ def test_to_mnist_of_mnist_is_mnist(digits: np.ndarray) -> None:
         assert np.corrcoef(digit.ravel(), to_mnist(digit.astype(np.float32)).ravel())[0, 1] > 0.99
 
 
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_a_thin_vertical_stroke_is_a_centred_one(width: int) -> None:
+    """A "1" one to three pixels wide (its box [n,1] or [n,2]) is centred like any digit."""
+    field = np.zeros((200, 100), np.float32)
+    field[20:180, 50 : 50 + width] = 255.0
+    out = to_mnist(field)
+    cols = np.flatnonzero(out.any(axis=0))
+    assert out.any(axis=1).sum() == 20 and 13 <= cols.mean() <= 15
+
+
 def test_to_mnist_refuses_an_empty_field() -> None:
     with pytest.raises(NoInkError):
         to_mnist(np.zeros((28, 28), np.float32))

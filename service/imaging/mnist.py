@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import math
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -64,8 +63,10 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     box = box * np.float32(255.0 / float(box.max()))  # [h',w'], ink max 255 as in MNIST
 
     height, width = box.shape
-    moments = cv2.moments(box)  # spatial moments of the grey levels: m10/m00 is the column mean
-    com_row, com_col = moments["m01"] / moments["m00"], moments["m10"] / moments["m00"]
+    # Centre of mass: the grey levels' weighted mean row and column. (cv2.moments would take an
+    # [n,2] box for a contour's points: a digit one or two pixels wide, a "1", is one.)
+    com_row = float(np.average(np.arange(height), weights=box.sum(axis=1)))
+    com_col = float(np.average(np.arange(width), weights=box.sum(axis=0)))
     top = _place(com_row, height)
     left = _place(com_col, width)
     digit = np.zeros((_MNIST_SIDE, _MNIST_SIDE), dtype=np.float32)

@@ -418,7 +418,6 @@ def test_number_mode_reads_three_digits_with_their_boxes(
     canvas = page.locator(CANVAS)
     width, height = canvas.evaluate("c => [c.clientWidth, c.clientHeight]")
     assert width > 2 * height  # the pad got wider
-    expect(page.get_by_test_id("reading")).to_be_visible()
 
     three = chosen_digits[:3]
     size = height * 0.6
@@ -428,6 +427,7 @@ def test_number_mode_reads_three_digits_with_their_boxes(
     expected = "".join(str(label) for _, label in three)
     settled_prediction(page)
     expect(page.get_by_test_id("reading")).to_have_text(expected)
+    expect(page.get_by_test_id("reading")).to_be_visible()
     expect(page.get_by_test_id("prediction")).to_have_text(expected)
     boxes = page.get_by_test_id("boxes").locator(".digit-box")
     expect(boxes).to_have_count(3)

@@ -149,7 +149,7 @@ def _pieces(contrast: np.ndarray, small: bool) -> Ink:
     # Labels only: OpenCV's labelling with statistics costs several times more than the labelling;
     # the statistics come from the ink's pixels alone (a small fraction of the image).
     count, labels = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
-    ys, xs = np.nonzero(labels)
+    ys, xs = np.nonzero(mask.view(bool))  # the labelled pixels (a bool mask: the fast nonzero)
     which = labels[ys, xs]
     areas = np.bincount(which, minlength=count)
     short = min(contrast.shape)
@@ -170,17 +170,14 @@ def _pieces(contrast: np.ndarray, small: bool) -> Ink:
 
 
 def _boxes(ys: np.ndarray, xs: np.ndarray, which: np.ndarray, count: int) -> np.ndarray:
-    """int32 [count,4] x, y, width, height of pieces 1..count from their pixels' coordinates."""
-    inked = which > 0
-    ys, xs, which = ys[inked], xs[inked], which[inked] - 1
-    top = np.full(count, np.iinfo(np.int32).max, np.int64)
-    left = top.copy()
-    bottom = np.full(count, -1, np.int64)
-    right = bottom.copy()
-    np.minimum.at(top, which, ys)
-    np.minimum.at(left, which, xs)
-    np.maximum.at(bottom, which, ys)
-    np.maximum.at(right, which, xs)
+    """int32 [count,4] x, y, width, height of pieces 1..count from their pixels' coordinates
+    (`which`: each pixel's piece, 0 for a dropped one): grouped by a stable sort, then reduced."""
+    order = np.argsort(which.astype(np.int16 if count < 32767 else np.int32), kind="stable")  # radix sort
+    sizes = np.bincount(which, minlength=count + 1)
+    starts = np.cumsum(sizes)[:-1]  # where pieces 1..count start in `order`
+    ys, xs = ys[order], xs[order]
+    top, bottom = np.minimum.reduceat(ys, starts), np.maximum.reduceat(ys, starts)
+    left, right = np.minimum.reduceat(xs, starts), np.maximum.reduceat(xs, starts)
     return np.stack([left, top, right - left + 1, bottom - top + 1], axis=1).astype(np.int32)
 
 

@@ -113,6 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="csv: input,digit,label,confidence,expected; jsonl: one JSON object per image with the 10 "
              "probabilities; kaggle: the digit-recognizer submission ImageId,Label (ImageId = 1-based input "
              "row) (default: jsonl for a .jsonl --out, else csv)")
+    add("--read", action="store_true",
+        help="read each image file as a whole number (POST /read with --url): csv input,text,confidence,boxes "
+             "or jsonl with each digit's prediction and box (default: one digit per image)")
     add("--plot", type=Path, default=None, metavar="FILE",
         help="with labels, save the confusion matrix as a PNG here (default: no plot)")
     add("--strict", action="store_true",
@@ -328,6 +331,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.read:
+        from clients.reading import read_numbers
+
+        return read_numbers(args)
     remote = args.url is not None
     jobs = _cores() if args.jobs is None else args.jobs
     reporter = Reporter(strict=args.strict)

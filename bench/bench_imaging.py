@@ -15,6 +15,7 @@ the core operations of ink.py with OpenCV and with scipy.ndimage (if installed) 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import statistics
 import subprocess
@@ -242,10 +243,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _try(old: object, data: bytes) -> None:
     """The old preprocessing, timed whether it reads the image or refuses it (as it does photos)."""
-    try:
+    with contextlib.suppress(old.PreprocessError):  # type: ignore[attr-defined]
         old.preprocess_image_bytes(data)  # type: ignore[attr-defined]
-    except old.PreprocessError:  # type: ignore[attr-defined]
-        pass
 
 
 def _as_640x480(sample: handwriting.Sample) -> handwriting.Sample:

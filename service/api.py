@@ -165,10 +165,11 @@ async def read_body(request: Request, settings: Settings, *, pixels: bool) -> np
                                 '"images" (base64 image files)')
         if "pixels" in doc:
             try:
-                x = imaging.pixels_to_batch(doc["pixels"])
+                x = imaging.pixels_to_batch(doc["pixels"], blank_ok=True)
+                _check_count(len(x), settings)  # too many images: 413 before any blank one's 422
+                imaging.refuse_blank(x)
             except imaging.ImagingError as exc:
                 raise imaging_error(exc) from None
-            _check_count(len(x), settings)
             return x
         blobs = _decode_base64(doc["images"])
     elif content_type == "multipart/form-data":

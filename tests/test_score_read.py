@@ -35,7 +35,8 @@ def service_url(models_dir: Path) -> Iterator[str]:
 
 
 def _texts(folder: Path, samples: list[handwriting.Sample]) -> dict[str, str]:
-    return {str(folder / f"n{k}.{'png' if s.kind.endswith('canvas') else 'jpg'}"): s.text for k, s in enumerate(samples)}
+    return {str(folder / f"n{k}.{'png' if s.kind.endswith('canvas') else 'jpg'}"): s.text
+            for k, s in enumerate(samples)}
 
 
 @pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])
@@ -71,7 +72,7 @@ def test_read_jsonl_local_and_remote_agree(
 
 def test_read_skips_blank_images_and_refuses_idx(score: Score, tmp_path: Path) -> None:
     (tmp_path / "blank.jpg").write_bytes(next(handwriting.empty_photos(1, seed=52)).data)
-    code, out, err = score(str(tmp_path), "--read")
+    code, _, err = score(str(tmp_path), "--read")
     assert code == 1 and "blank.jpg" in err and "no ink" in err
     code, _, err = score(str(SAMPLE_DIR / "t10k-images-idx3-ubyte.gz"), "--read")
     assert code == 2 and "image files" in err

@@ -23,7 +23,7 @@ from service.imaging.errors import (
     PixelArrayError,
 )
 from service.imaging.ink import find_ink
-from service.imaging.mnist import pixels_to_batch, to_mnist
+from service.imaging.mnist import pixels_to_batch, refuse_blank, to_mnist
 from service.imaging.segment import DigitImage, split_digits
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "pixels_to_batch",
     "preprocess_image_bytes",
     "read_number_bytes",
+    "refuse_blank",
     "to_mnist",
 ]
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from service.imaging.errors import PixelArrayError, no_ink
 
-__all__ = ["MNIST_SIDE", "pixels_to_batch", "to_mnist"]
+__all__ = ["MNIST_SIDE", "pixels_to_batch", "refuse_blank", "to_mnist"]
 
 MNIST_SIDE = 28  # side of the model's input
 _MNIST_SIDE = MNIST_SIDE
@@ -85,19 +85,26 @@ def _place(com: float, extent: int) -> int:
 _SHAPE_HINT = "expected a 28x28 array or a list of 28x28 arrays"
 
 
-def pixels_to_batch(pixels: object) -> np.ndarray:
+def pixels_to_batch(pixels: object, *, blank_ok: bool = False) -> np.ndarray:
     """JSON pixels (one 28x28 nested list, or a list of them) -> float32 [N,1,28,28].
 
     The values are taken as they are (MNIST-style: 0..255, white ink on black); only the
     shape and the range are checked. Anything NumPy reads as a number is one (as JSON
     decoding and pydantic's lax mode would have it); null reads as NaN and is refused.
-    An all-zero image has no ink and is refused as a blank upload is (NoInkError).
+    An all-zero image has no ink and is refused as a blank upload is (NoInkError), unless
+    `blank_ok` (the caller checks other limits first, then calls `refuse_blank`).
     """
     batch = _checked_pixels(pixels)
+    if not blank_ok:
+        refuse_blank(batch)
+    return batch
+
+
+def refuse_blank(batch: np.ndarray) -> None:
+    """Raise NoInkError naming the first all-zero image of float32 [N,1,28,28] `batch`, if any."""
     (blank,) = (batch.reshape(len(batch), -1).max(axis=1) <= 0.0).nonzero()
     if blank.size:
         raise no_ink(f"image {int(blank[0])} (all zero)" if len(batch) > 1 else "the pixel array (all zero)")
-    return batch
 
 
 def _checked_pixels(pixels: object) -> np.ndarray:

@@ -4,7 +4,8 @@ The ink's connected pieces (ink.py) are grouped into digits:
 
 1. pieces whose columns overlap by at least half the narrower one belong to one digit (a 5 or
    a 7 drawn in two strokes, a broken loop): digits side by side do not share columns, even
-   with a gap of a few pixels between them, whatever their sizes and baselines;
+   with a gap of a few pixels between them, whatever their sizes and baselines; a fragment
+   (much shorter than the digits) joins the digit it shares the most columns with;
 2. specks (a piece far smaller than the digits' height) join the digit nearest to them, or
    are dropped when none is near;
 3. touching digits (best effort): a group much wider than the digits are tall is cut into as
@@ -102,25 +103,39 @@ def split_digits(ink: Ink, *, scale: float = 1.0) -> list[DigitImage]:
 
 
 def _merge_overlapping(groups: list[_Group], fragment: float) -> list[_Group]:
-    """Union groups sharing enough columns until none do (a merge can create a new overlap);
-    groups shorter than `fragment` join one they share any column with."""
+    """Union the pieces of each digit: first the full-height ones sharing at least half the
+    narrower one's columns (until none do: a merge can create a new overlap), then each fragment
+    (shorter than `fragment`) joins the group it shares the most columns with, so a fragment
+    lying across two digits joins one, never bridges them."""
+    whole = [g for g in groups if g.height >= fragment]
+    fragments = [g for g in groups if g.height < fragment]
     merged = True
     while merged:
         merged = False
-        groups.sort(key=lambda g: g.left)
+        whole.sort(key=lambda g: g.left)
         out: list[_Group] = []
-        for group in groups:
+        for group in whole:
             for kept in out:
-                shared = min(kept.right, group.right) - max(kept.left, group.left)
-                small = min(kept.height, group.height) < fragment
-                if shared > 0 and (small or shared >= _SAME_DIGIT_OVERLAP * min(kept.width, group.width)):
+                if _shared(kept, group) >= _SAME_DIGIT_OVERLAP * min(kept.width, group.width):
                     kept.absorb(group)
                     merged = True
                     break
             else:
                 out.append(group)
-        groups = out
-    return groups
+        whole = out
+    for piece in sorted(fragments, key=lambda g: -g.width):
+        shared = [_shared(g, piece) for g in whole]
+        best = int(np.argmax(shared)) if shared else -1
+        if best >= 0 and shared[best] > 0:
+            whole[best].absorb(piece)
+        else:
+            whole.append(piece)  # alone: a digit of its own, or a speck (see _attach_specks)
+    return whole
+
+
+def _shared(a: _Group, b: _Group) -> int:
+    """How many columns two groups share."""
+    return min(a.right, b.right) - max(a.left, b.left)
 
 
 def _is_speck(group: _Group, groups: list[_Group]) -> bool:

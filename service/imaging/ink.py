@@ -6,9 +6,9 @@
       --components--> the ink's connected pieces (hysteresis: a piece keeps its faint
                       edges when it has at least one clearly dark pixel)
 
-The paper's brightness is estimated on a thumbnail (about 48 pixels on the shorter side):
-a morphological closing removes the strokes (anything darker and narrower than about 40 %
-of the shorter side), smoothly varying light (a gradient, a vignette) and a shadow's edge stay,
+The paper's brightness is estimated on a thumbnail (64 to 128 pixels on the shorter side):
+a morphological closing removes the strokes (anything darker and narrower than about a
+quarter of the shorter side), smoothly varying light (a gradient, a vignette) and a shadow's edge stay,
 and the estimate is scaled back up. Dividing by it turns a photo's uneven page into flat
 paper, on which one global threshold works; a clean canvas or scan is flat already and goes
 through unchanged. Filtering, morphology, thresholding and labelling are OpenCV's
@@ -29,10 +29,10 @@ __all__ = ["Ink", "find_ink"]
 # cv2 would otherwise start a thread pool per process: the service decodes in its own threads.
 cv2.setNumThreads(1)
 
-# The paper's brightness is estimated on a thumbnail of this many pixels on the shorter side,
-# with a closing this wide (odd): strokes up to about 40 % of the short side wide.
+# The paper's brightness is estimated on a thumbnail of at least this many pixels on the shorter
+# side, with a closing this fraction of it wide: strokes up to about a quarter of the short side.
 _THUMB_SIDE = 64
-_CLOSING = 17
+_CLOSING_FRACTION = 17 / 64
 # Images with a shorter side below this are small crops (an MNIST digit): no lighting to undo,
 # no noise to smooth; the paper is their 90th percentile (after polarity, the paper is light).
 _SMALL_SIDE = 64
@@ -110,12 +110,16 @@ def _dark_ink(image: np.ndarray, thumb: np.ndarray) -> bool:
 
 
 def _thumbnail(image: np.ndarray) -> np.ndarray:
+    """Block means over f x f pixels, f the whole factor bringing the shorter side down to
+    _THUMB_SIDE..2*_THUMB_SIDE (a few edge pixels left over are ignored): several times cheaper
+    than resampling to an exact size."""
     height, width = image.shape
-    factor = min(height, width) / _THUMB_SIDE
-    if factor <= 1.0:
+    factor = min(height, width) // _THUMB_SIDE
+    if factor <= 1:
         return image
-    size = (max(1, round(width / factor)), max(1, round(height / factor)))  # cv2: (w, h)
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)  # area means
+    rows, cols = height // factor, width // factor
+    whole = image[: rows * factor, : cols * factor]
+    return cv2.resize(whole, (cols, rows), interpolation=cv2.INTER_AREA)  # a whole ratio: block means
 
 
 def _flatten(image: np.ndarray, thumb: np.ndarray, small: bool) -> np.ndarray:
@@ -126,14 +130,19 @@ def _flatten(image: np.ndarray, thumb: np.ndarray, small: bool) -> np.ndarray:
         return np.float32(255.0) - image * (np.float32(255.0) / paper)
     # Odd reflection continues the light's slope past the edges: with any other padding the
     # edge of a page darkening outwards (a vignette) is a valley, which a closing fills in.
-    pad = _CLOSING // 2 + 1
+    closing = 2 * round(_CLOSING_FRACTION * min(thumb.shape) / 2) + 1  # odd
+    pad = closing // 2 + 1
     padded = np.pad(thumb, pad, mode="reflect", reflect_type="odd")
-    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (_CLOSING, _CLOSING))
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (closing, closing))
     paper_thumb = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, kernel)  # strokes gone, light kept
     paper_thumb = paper_thumb[pad:-pad, pad:-pad]
     np.maximum(paper_thumb, 1.0, out=paper_thumb)
     height, width = image.shape
-    paper = cv2.resize(paper_thumb, (width, height), interpolation=cv2.INTER_LINEAR)
+    factor = min(height, width) // _THUMB_SIDE if thumb.shape != image.shape else 1
+    rows, cols = thumb.shape
+    paper = cv2.resize(paper_thumb, (cols * factor, rows * factor), interpolation=cv2.INTER_LINEAR)
+    if paper.shape != image.shape:  # the few edge pixels the thumbnail left out: the nearest estimate
+        paper = cv2.copyMakeBorder(paper, 0, height - paper.shape[0], 0, width - paper.shape[1], cv2.BORDER_REPLICATE)
     ratio = cv2.divide(image, paper, scale=255.0)  # 255: paper, 0: black
     return np.float32(255.0) - ratio
 
@@ -149,7 +158,11 @@ def _pieces(contrast: np.ndarray, small: bool) -> Ink:
     # Labels only: OpenCV's labelling with statistics costs several times more than the labelling;
     # the statistics come from the ink's pixels alone (a small fraction of the image).
     count, labels = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
-    ys, xs = np.nonzero(mask.view(bool))  # the labelled pixels (a bool mask: the fast nonzero)
+    points = cv2.findNonZero(mask)  # (x, y) of the labelled pixels ([n,1,2] or [n,2]); None if none
+    if points is None:
+        raise no_ink()
+    points = points.reshape(-1, 2)
+    xs, ys = points[:, 0], points[:, 1]
     which = labels[ys, xs]
     areas = np.bincount(which, minlength=count)
     short = min(contrast.shape)
@@ -164,8 +177,9 @@ def _pieces(contrast: np.ndarray, small: bool) -> Ink:
     if kept.size < count - 1:  # some pieces dropped (usually none: then the labels stand)
         labels = relabel[labels]
         which = relabel[which]
-    strength = np.maximum(contrast, np.float32(0.0), out=contrast)  # contrast <= 255 already
-    strength[labels == 0] = 0.0
+        mask = (labels > 0).view(np.uint8)
+    strength = np.multiply(contrast, mask, dtype=np.float32)  # 0 off the ink
+    np.maximum(strength, np.float32(0.0), out=strength)  # contrast <= 255 already
     return Ink(strength, labels, _boxes(ys, xs, which, kept.size), areas[kept].astype(np.int32))
 
 

@@ -215,11 +215,24 @@ def decode_luma(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, working_si
     factor = _shrink_factor(image.size, min(working_side, JPEG_WORKING_SIDE) if jpeg else working_side)
     if factor > 1 and jpeg:  # DCT scaling; "L" decodes only the luminance
         image.draft("L" if image.mode in ("RGB", "YCbCr") else None, (image.width // factor, image.height // factor))
-    luma = luma_of(_load(image, max_pixels))
-    rest = _shrink_factor(luma.shape, working_side)
-    if rest > 1:
-        luma = np.asarray(Image.fromarray(luma).reduce(rest))  # [H/f,W/f], area means
+    image = _load(image, max_pixels)
+    rest = _shrink_factor(image.size, working_side)
+    transparent = image.mode in _ALPHA_MODES or "transparency" in image.info
+    if rest > 1 and not transparent:  # area means in Pillow before any float copy: big uploads stay cheap
+        image = _reducible(image).reduce(rest)
+    luma = luma_of(image)
+    if rest > 1 and transparent:  # flattened first (reduce does not weigh colours by alpha), then averaged
+        luma = np.asarray(Image.fromarray(luma).reduce(rest))
     return Luma(luma, longest / max(luma.shape))
+
+
+def _reducible(image: Image.Image) -> Image.Image:
+    """An opaque image in a mode Pillow's reduce() averages (L, RGB, I, F)."""
+    if image.mode in ("L", "RGB", "I", "F"):
+        return image
+    if image.mode == "1":
+        return _convert(image, "L")
+    return _convert(image, "I" if image.mode in _WIDE_INT_MODES else "RGB")
 
 
 def _shrink_factor(size: tuple[int, ...], working_side: int) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -39,7 +40,12 @@ def _import_command(name: str) -> Any:
     """The subcommand's module; ``MissingExtra`` naming the install command when a dependency is missing."""
     module = COMMANDS[name][0]
     try:
-        return importlib.import_module(module)
+        loaded = importlib.import_module(module)
+        # What the command imports only when it runs (to start fast) is needed all the same.
+        for package in getattr(loaded, "REQUIRES", ()):
+            if importlib.util.find_spec(package) is None:
+                raise ModuleNotFoundError(f"No module named {package!r}", name=package)
+        return loaded
     except ModuleNotFoundError as exc:
         missing = (exc.name or "").split(".")[0]
         if not missing or missing in _OWN_PACKAGES:

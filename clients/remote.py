@@ -216,6 +216,16 @@ class RemoteScorer:
             return
         raise RemoteError(f"{self.url}{path} answered HTTP {response.status_code}: {detail}")
 
+    def read(self, name: str, data: bytes) -> tuple[dict[str, Any] | None, str]:
+        """POST /read one image file -> (its reading, ""), or (None, why the service refused it)."""
+        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        response = self._post("/read", {"files": [("file", (os.path.basename(name), data, kind))]})
+        if response.status_code == 200:
+            return response.json()["readings"][0], ""
+        if response.status_code in SPLITTABLE:
+            return None, f"the service refused it (HTTP {response.status_code}): {_detail(response)}"
+        raise RemoteError(f"{self.url}/read answered HTTP {response.status_code}: {_detail(response)}")
+
     @staticmethod
     def _files_body(batch: Batch, items: np.ndarray) -> dict[str, Any]:
         """Image files as multipart ``file`` fields, for POST /predict."""
@@ -246,7 +256,7 @@ class RemoteScorer:
                 raise self._stopped()
             retry_after = None
             try:
-                response = self.client.post(path, params=self.params if path == "/predict" else None, **body)
+                response = self.client.post(path, params=self.params if path in ("/predict", "/read") else None, **body)
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:

@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
 # Measured in bench/bench_score.py: one ONNX Runtime thread is fastest on small batches that stay in
 # the CPU caches; several threads need large batches to share out.
+# The serve extra's packages this command imports where it needs them (the CLI checks them up front).
+REQUIRES = ("onnxruntime", "PIL", "cv2", "httpx")
+
 DEFAULT_BATCH_ONE_THREAD = 128
 DEFAULT_BATCH_LOCAL = 1024
 DEFAULT_BATCH_REMOTE = 256  # the service's default limit of images per request (max_images_per_request)
@@ -110,6 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="csv: input,digit,label,confidence,expected; jsonl: one JSON object per image with the 10 "
              "probabilities; kaggle: the digit-recognizer submission ImageId,Label (ImageId = 1-based input "
              "row) (default: jsonl for a .jsonl --out, else csv)")
+    add("--read", action="store_true",
+        help="read each image file as a whole number (POST /read with --url): csv input,text,confidence,boxes "
+             "or jsonl with each digit's prediction and box (default: one digit per image)")
     add("--plot", type=Path, default=None, metavar="FILE",
         help="with labels, save the confusion matrix as a PNG here (default: no plot)")
     add("--strict", action="store_true",
@@ -403,6 +409,10 @@ def _run(args: argparse.Namespace) -> int:
             require_matplotlib("--plot")
         except PlottingUnavailable as exc:
             raise UsageError(str(exc)) from None
+    if args.read:
+        from clients.reading import read_numbers
+
+        return read_numbers(args)
     remote = args.url is not None
     if remote and args.engine != "local":
         raise UsageError(f"--url scores with a running service, --engine {args.engine} on its own workers: "

@@ -7,7 +7,7 @@ time (raw or through a streaming gzip reader), Kaggle CSVs through
 ``core.kaggle.iter_kaggle_csv`` in chunks, and image files are decoded by worker
 processes with a bounded number of tasks in flight.
 
-Image files go through ``service.preprocess.preprocess_image_bytes``, the service's own
+Image files go through ``service.imaging.preprocess_image_bytes``, the service's own
 preprocessing, so a file gets the same pixels here as in an upload. IDX and CSV images are
 MNIST-style already and go to the model as they are.
 
@@ -56,7 +56,7 @@ from core.kaggle import CsvFormatError, iter_kaggle_csv
 
 # Pillow and the service's preprocessing load only where image files are read: an IDX or CSV run starts
 # without them (Pillow's registry of formats alone imports every plugin).
-_PREPROCESS = "service.preprocess"
+_PREPROCESS = "service.imaging"
 
 
 @functools.cache
@@ -64,7 +64,7 @@ def image_suffixes() -> frozenset[str]:
     """File name endings taken as images inside folders: those Pillow maps to a supported format."""
     from PIL import Image
 
-    from service.preprocess import SUPPORTED_FORMATS
+    from service.imaging import SUPPORTED_FORMATS
 
     return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in SUPPORTED_FORMATS)
 
@@ -486,9 +486,9 @@ def decode_files(paths: list[str], max_pixels: int | None = None) -> TaskResult:
 
 
 def decode_blobs(blobs: Sequence[bytes], max_pixels: int | None = None) -> TaskResult:
-    """Preprocess encoded image files (``service.preprocess``, as for an upload): float32 [k, 28, 28]
+    """Preprocess encoded image files (``service.imaging``, as for an upload): float32 [k, 28, 28]
     for the k that decode, their indices, and (index, reason) for the others. Every engine decodes here."""
-    from service.preprocess import DEFAULT_MAX_PIXELS, PreprocessError, preprocess_image_bytes
+    from service.imaging import DEFAULT_MAX_PIXELS, ImagingError, preprocess_image_bytes
 
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     out = np.empty((len(blobs), 28, 28), np.float32)
@@ -497,7 +497,7 @@ def decode_blobs(blobs: Sequence[bytes], max_pixels: int | None = None) -> TaskR
     for i, data in enumerate(blobs):
         try:
             out[len(good)] = preprocess_image_bytes(data, max_pixels=max_pixels)
-        except PreprocessError as exc:
+        except ImagingError as exc:
             bad.append((i, str(exc)))
         else:
             good.append(i)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 import orjson
@@ -16,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from core.contract import IMAGE_SHAPE
-from service import preprocess
+from service import imaging
 from service.deps import json_response, registry_of, settings_of
 from service.errors import ImageError, RequestError
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -38,6 +39,7 @@ from service.settings import Settings
 
 router = APIRouter()
 _PREDICT_JSON: TypeAdapter[PixelsRequest | ImagesRequest] = TypeAdapter(PredictJson)
+T = TypeVar("T")
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": why}
@@ -82,8 +84,8 @@ def _preprocess_all(blobs: list[bytes], max_pixels: int) -> np.ndarray:
     out = np.empty((len(blobs), *IMAGE_SHAPE), np.float32)
     for i, data in enumerate(blobs):
         try:
-            out[i, 0] = preprocess.preprocess_image_bytes(data, max_pixels=max_pixels)
-        except preprocess.PreprocessError as exc:
+            out[i, 0] = imaging.preprocess_image_bytes(data, max_pixels=max_pixels)
+        except imaging.ImagingError as exc:
             raise ImageError(i, len(blobs), exc) from None
     return out
 
@@ -111,13 +113,27 @@ async def read_inputs(request: Request, settings: Settings) -> tuple[np.ndarray,
     """Any accepted request body -> (float32 [N,1,28,28] MNIST-style pixels, the event loop's clock when the
     body was in). The request timeout counts from then: image files wait for one of ``decode_threads``,
     and a request still waiting ``request_timeout_s`` after its body was in gets 504."""
+    body = await read_body(request, settings, pixels=True)
+    if isinstance(body, np.ndarray):
+        return body, asyncio.get_running_loop().time()
+    return await decode_blobs(_preprocess_all, body, settings)
+
+
+async def read_body(request: Request, settings: Settings, *, pixels: bool) -> np.ndarray | list[bytes]:
+    """The request's images: JSON pixel arrays (float32 [N,1,28,28], only where ``pixels``) or the
+    encoded files of a JSON, multipart or raw image body."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json" or content_type.endswith("+json"):
         doc = _parse_json(await request.body())
         if isinstance(doc, PixelsRequest):
-            x = preprocess.pixels_to_batch(doc.pixels)
-            _check_count(len(x), settings)
-            return x, asyncio.get_running_loop().time()
+            if not pixels:
+                raise RequestError(422, "invalid_request",
+                                   'this route reads image files: send "images" (base64 image files); a 28x28 '
+                                   '"pixels" array is one digit, which POST /predict reads')
+            x = imaging.pixels_to_batch(doc.pixels, blank_ok=True)
+            _check_count(len(x), settings)  # too many images: 413 before any blank one's 422
+            imaging.refuse_blank(x)
+            return x
         blobs = doc.images
     elif content_type == "multipart/form-data":
         try:
@@ -142,10 +158,18 @@ async def read_inputs(request: Request, settings: Settings) -> tuple[np.ndarray,
             "multipart/form-data with a 'file' field, or an image/* body",
         )
     _check_count(len(blobs), settings)
+    return blobs
+
+
+async def decode_blobs(
+    decode: Callable[[list[bytes], int], T], blobs: list[bytes], settings: Settings
+) -> tuple[T, float]:
+    """Run ``decode(blobs, max_image_pixels)`` in the thread pool -> (its result, the event loop's clock
+    when the body was in), or a timeout error when it waited more than the request timeout."""
     since = asyncio.get_running_loop().time()
     try:
         async with asyncio.timeout_at(since + settings.request_timeout_s):
-            return await run_in_threadpool(_preprocess_all, blobs, settings.max_image_pixels), since
+            return await run_in_threadpool(decode, blobs, settings.max_image_pixels), since
     except TimeoutError:
         raise RequestTimeoutError(f"the request waited more than {settings.request_timeout_s:g} s to have its "
                                   "images decoded (the server is busy decoding others); retry later") from None
@@ -154,7 +178,7 @@ async def read_inputs(request: Request, settings: Settings) -> tuple[np.ndarray,
 async def predict(request: Request, query: Annotated[PredictQuery, Query()]) -> Response:
     """Accepts JSON `{"pixels": ...}` (MNIST-style 28x28 arrays), JSON `{"images": [base64...]}`,
     multipart uploads (field `file`, repeatable) or a raw `image/*` body. Uploaded images go through
-    the MNIST recipe (see `service/preprocess.py`). A blank image (no ink) is refused with 422."""
+    the MNIST recipe (see `service/imaging/`). A blank image (no ink) is refused with 422."""
     settings = settings_of(request)
     registry = registry_of(request)
     registry.admit(query.model)  # unknown model 404, full queue 503: before reading the body

@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service import api, openapi, repository, v2, web
+from service import api, openapi, read, repository, v2, web
 from service.drain import Drain
 from service.errors import install_error_handlers
 from service.lifespan import lifespan
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.drain = drain
     install_error_handlers(app)
     app.include_router(api.router)
+    app.include_router(read.router)
     app.include_router(v2.router)
     if repository.enabled(settings):
         app.include_router(repository.router)

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from core.v2codec import CodecError
-from service import preprocess
+from service import imaging
 from service.batcher import BatcherClosedError, InferenceError, QueueFullError
 from service.registry import ModelLoadError, ModelUnavailableError, RequestTimeoutError, UnknownModelError
 
@@ -44,7 +44,7 @@ class ImageError(Exception):
     """One image of a request could not be used: ``cause`` (a preprocessing error) decides the answer,
     the message says which image (counted from 1) when the request carries several."""
 
-    def __init__(self, position: int, count: int, cause: preprocess.PreprocessError) -> None:
+    def __init__(self, position: int, count: int, cause: imaging.ImagingError) -> None:
         super().__init__(f"image {position + 1} of {count}: {cause}" if count > 1 else str(cause))
         self.cause = cause
 
@@ -69,11 +69,11 @@ ERRORS: dict[type[Exception], Rule] = {
     BatcherClosedError: Rule(503, "shutting_down", lambda _: {"Retry-After": "1"}),
     RequestTimeoutError: Rule(504, "timeout"),
     InferenceError: Rule(500, "inference_failed"),
-    preprocess.ImageTooLargeError: Rule(413, "image_too_large"),
-    preprocess.EmptyImageError: Rule(422, "no_ink"),
-    preprocess.ImageDecodeError: Rule(422, "bad_image"),
-    preprocess.PixelArrayError: Rule(422, "bad_pixels"),
-    preprocess.PreprocessError: Rule(422, "bad_image"),
+    imaging.ImageTooLargeError: Rule(413, "image_too_large"),
+    imaging.NoInkError: Rule(422, "no_ink"),
+    imaging.ImageDecodeError: Rule(422, "bad_image"),
+    imaging.PixelArrayError: Rule(422, "bad_pixels"),
+    imaging.ImagingError: Rule(422, "bad_image"),
     CodecError: Rule(422, "invalid_tensor"),
     UnauthorizedError: Rule(401, "unauthorized", lambda _: {"WWW-Authenticate": 'Bearer realm="digits"'}),
     RequestValidationError: Rule(422, "invalid_request"),

@@ -227,7 +227,7 @@ def test_too_many_images_is_413(models_dir: Path) -> None:
 def test_full_queue_is_503_with_retry_after(models_dir: Path) -> None:
     app = create_app(Settings(models_dir=models_dir, max_queue=2))
     with TestClient(app) as small:
-        response = small.post("/predict", json={"pixels": [[[0] * 28] * 28] * 3})
+        response = small.post("/predict", json={"pixels": [[[255] * 28] * 28] * 3})
         assert response.status_code == 503
         assert int(response.headers["retry-after"]) >= 1
         assert "queued" in response.json()["detail"]
@@ -236,7 +236,7 @@ def test_full_queue_is_503_with_retry_after(models_dir: Path) -> None:
 def test_waiting_past_the_request_timeout_is_504(models_dir: Path) -> None:
     app = create_app(Settings(models_dir=models_dir, request_timeout_s=1e-6))
     with TestClient(app) as impatient:
-        response = impatient.post("/predict", json={"pixels": [[[0] * 28] * 28] * 64})
+        response = impatient.post("/predict", json={"pixels": [[[255] * 28] * 28] * 64})
         assert response.status_code == 504 and "waited more than" in response.json()["detail"]
 
 

@@ -218,7 +218,7 @@ PREDICT_JSON = {
     "a 400-digit integer": (image_ending_in("1" + "0" * 400), 422, "not valid JSON"),
     "2^65": (image_ending_in(str(2**65)), 422, "between 0 and 255"),
     "1e300": (image_ending_in("1e300"), 422, "between 0 and 255"),
-    "-1e-300": (image_ending_in("-1e-300"), 200, ""),  # -0.0 in float32: a valid (blank) image
+    "-1e-300": (image_ending_in("-1e-300"), 422, "no ink"),  # -0.0 in float32: an all-zero image, blank
     "null pixel": (image_ending_in("null"), 422, "null"),
     "pixels a string": ('{"pixels": "0"}', 422, "28x28"),
     "pixels true": ('{"pixels": true}', 422, "28x28"),

@@ -374,7 +374,7 @@ def test_scoring_never_imports_torch_and_the_local_engine_never_imports_ray(
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
-    assert "onnxruntime" in imported and "service.preprocess" in imported
+    assert "onnxruntime" in imported and "service.imaging" in imported
     assert not {m for m in imported if m.split(".")[0] in ("torch", "ray")}
 
 

@@ -72,7 +72,7 @@ def test_device_auto_falls_back_to_cpu_and_serves(models_dir: Path) -> None:
         wait_ready(port, proc)
         models = httpx.get(f"http://127.0.0.1:{port}/models", timeout=5).json()["models"]
         assert {m["device"] for m in models} <= {"CPUExecutionProvider", "CUDAExecutionProvider"}
-        x = np.zeros((28, 28), int).tolist()
+        x = np.full((28, 28), 255, int).tolist()
         assert httpx.post(f"http://127.0.0.1:{port}/predict", json={"pixels": x}, timeout=5).status_code == 200
     finally:
         stop_server(proc)

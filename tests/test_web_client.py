@@ -384,3 +384,37 @@ def test_a_stopped_service_shows_the_error_and_recovery_clears_it(tab: Tab, serv
     assert settled_prediction(page) != ""
     expect(page.get_by_test_id("latency")).to_have_text(re.compile(r"^\d+ ms$"))
 
+
+
+def test_number_mode_reads_three_digits_with_their_boxes(
+    tab: Tab, chosen_digits: list[tuple[np.ndarray, int]]
+) -> None:
+    """Whole-number mode: a wider pad, three traced digits side by side, read as one number with
+    a box per digit; switching back gives the single-digit pad as before."""
+    page = tab.page
+    page.get_by_test_id("number-mode").check()
+    canvas = page.locator(CANVAS)
+    width, height = canvas.evaluate("c => [c.clientWidth, c.clientHeight]")
+    assert width > 2 * height  # the pad got wider
+
+    three = chosen_digits[:3]
+    size = height * 0.6
+    for k, (image, _) in enumerate(three):
+        where = Placement(f"digit {k}", left=width * (0.08 + 0.3 * k), top=height * 0.2, size=size)
+        draw_digit(page, image, where, CANVAS)
+    expected = "".join(str(label) for _, label in three)
+    settled_prediction(page)
+    expect(page.get_by_test_id("reading")).to_have_text(expected)
+    expect(page.get_by_test_id("reading")).to_be_visible()
+    expect(page.get_by_test_id("prediction")).to_have_text(expected)
+    boxes = page.get_by_test_id("boxes").locator(".digit-box")
+    expect(boxes).to_have_count(3)
+    lefts = [boxes.nth(k).bounding_box()["x"] for k in range(3)]  # type: ignore[index]
+    assert lefts == sorted(lefts)
+    assert [boxes.nth(k).text_content() for k in range(3)] == list(expected)
+
+    page.get_by_test_id("number-mode").uncheck()  # back to one digit: the square pad, empty
+    assert canvas.evaluate("c => [c.clientWidth, c.clientHeight]") == [280, 280]
+    expect(page.get_by_test_id("prediction")).to_have_text("")
+    expect(boxes).to_have_count(0)
+    tab.assert_no_console_errors()

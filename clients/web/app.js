@@ -31,11 +31,15 @@
     hint: $("hint"),
     bars: $("bars"),
     usedModel: $("used-model"),
+    numberMode: $("number-mode"),
+    boxes: $("boxes"),
+    reading: $("reading"),
     latency: $("latency"),
     announce: $("announce"),
   };
 
   const EMPTY_HINT = "Draw a digit on the pad and its prediction appears here.";
+  const NUMBER_HINT = "Write a number, digits side by side, and it is read here.";
 
   // --- state ---------------------------------------------------------------------------
   // Points are stored relative to the pad's size (0..1) and widths relative to its width,
@@ -220,7 +224,7 @@
     if (strokes.length === 0) {
       inFlight = false;
       setBusy(false);
-      showEmpty(EMPTY_HINT);
+      showEmpty(el.numberMode.checked ? NUMBER_HINT : EMPTY_HINT);
       return;
     }
     const abort = new AbortController();
@@ -235,9 +239,10 @@
       setError("This browser could not turn the drawing into a PNG. Try another browser.");
       return;
     }
-    const url = new URL("/predict", window.location.href);
+    const reading = el.numberMode.checked; // a whole number: POST /read cuts it into digits
+    const url = new URL(reading ? "/read" : "/predict", window.location.href);
     if (el.picker.value) url.searchParams.set("model", el.picker.value);
-    url.searchParams.set("return_input", "true");
+    if (!reading) url.searchParams.set("return_input", "true");
     const started = performance.now();
     let response;
     let body = null;
@@ -259,7 +264,10 @@
     if (mine !== seq) return; // a newer request was started: its answer is the one to show
     const ms = performance.now() - started;
     finishRequest();
-    if (response.ok && body && Array.isArray(body.predictions) && body.predictions.length) {
+    if (response.ok && body && Array.isArray(body.readings) && body.readings.length) {
+      clearError();
+      showReading(body, ms, final);
+    } else if (response.ok && body && Array.isArray(body.predictions) && body.predictions.length) {
       clearError();
       showResult(body, ms, final);
     } else if (response.status === 422) {
@@ -358,12 +366,65 @@
     el.hint.textContent = "";
     setBars(p.probabilities, p.digit);
     drawSeen(p.input);
+    el.boxes.replaceChildren();
+    el.reading.textContent = label;
     el.usedModel.textContent = body.version ? `${body.model} v${body.version}` : String(body.model);
     el.latency.textContent = `${Math.round(ms)} ms`;
     if (final) el.announce.textContent = `Predicted ${label}, ${percent(Number(p.confidence))} sure.`;
   }
 
+  function showReading(body, ms, final) {
+    // A whole number: the text in the big slot, each digit's box and prediction over the pad.
+    const r = body.readings[0];
+    el.prediction.textContent = r.text;
+    el.prediction.classList.toggle("long", r.text.length > 2);
+    el.reading.textContent = r.text;
+    el.confidence.textContent = `${percent(Number(r.confidence))} sure`;
+    el.hint.hidden = true;
+    el.hint.textContent = "";
+    setBars(null, -1);
+    drawSeen(null);
+    drawBoxes(r.digits);
+    el.usedModel.textContent = body.version ? `${body.model} v${body.version}` : String(body.model);
+    el.latency.textContent = `${Math.round(ms)} ms`;
+    if (final) el.announce.textContent = `Read ${r.text}, ${percent(Number(r.confidence))} sure.`;
+  }
+
+  function drawBoxes(digits) {
+    // Boxes come in the PNG's pixels (the backing store's): placed as percentages of the pad.
+    el.boxes.replaceChildren();
+    for (const d of digits || []) {
+      const box = document.createElement("div");
+      box.className = "digit-box";
+      box.style.left = `${(100 * d.box.x) / pad.width}%`;
+      box.style.top = `${(100 * d.box.y) / pad.height}%`;
+      box.style.width = `${(100 * d.box.width) / pad.width}%`;
+      box.style.height = `${(100 * d.box.height) / pad.height}%`;
+      const label = document.createElement("span");
+      label.textContent = String(d.digit);
+      box.append(label);
+      el.boxes.append(box);
+    }
+  }
+
+  function setNumberMode(on) {
+    // The pad's shape changes, so the drawing (stored relative to it) starts afresh.
+    if (active) return;
+    document.querySelector(".pad-card").classList.toggle("wide", on);
+    document.querySelector(".layout").classList.toggle("wide", on);
+    el.reading.hidden = !on;
+    pad.setAttribute("aria-label", on
+      ? "Drawing pad: write a number, digits side by side, with a mouse, a finger or a pen"
+      : "Drawing pad: draw one digit from 0 to 9 with a mouse, a finger or a pen");
+    strokes.length = 0;
+    fitBackingStore();
+    render();
+    predictNow(true);
+  }
+
   function showEmpty(hint) {
+    el.reading.textContent = "";
+    el.boxes.replaceChildren();
     el.prediction.textContent = "";
     el.prediction.classList.remove("long");
     el.confidence.textContent = "";
@@ -514,6 +575,7 @@
     pad.addEventListener("contextmenu", (event) => event.preventDefault());
     el.undo.addEventListener("click", undo);
     el.clear.addEventListener("click", clear);
+    el.numberMode.addEventListener("change", () => setNumberMode(el.numberMode.checked));
     el.brush.addEventListener("input", () => setBrush(Number(el.brush.value)));
     el.picker.addEventListener("change", () => {
       storeModel(el.picker.value);
@@ -526,6 +588,7 @@
     fitBackingStore();
     render();
     showEmpty(EMPTY_HINT);
+    if (el.numberMode.checked) setNumberMode(true); // a browser may restore the box's state
     loadModels();
   }
 

@@ -1,0 +1,331 @@
+"""Bytes -> pixels: the accepted formats, their size limits, EXIF orientation, and luminance.
+
+    bytes --decode_image--> PIL image (checked format and size, upright)
+          --decode_luma--> float32 [H,W] luminance 0..255, transparency flattened,
+                           shrunk by a whole factor when larger than the working size
+
+The size is checked from the header before any pixel is decoded (decompression bombs),
+only the formats people send are tried, and a file that is not one of them is named in
+the error ("HEIC images are not supported"). numpy + Pillow.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError, features
+
+from service.imaging.errors import ImageDecodeError, ImageTooLargeError
+
+__all__ = ["DEFAULT_MAX_PIXELS", "SUPPORTED_FORMATS", "WORKING_SIDE", "Luma", "decode_image", "decode_luma", "luma_of"]
+
+SUPPORTED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "BMP", "WEBP", "GIF"})
+DEFAULT_MAX_PIXELS: int = 40_000_000
+
+# decode_luma shrinks an image whose longer side exceeds this by a whole factor first: a digit
+# needs no more than a couple of hundred pixels, a number of six digits a few hundred, and the
+# cost follows the area. A JPEG (a photo) decodes straight to a smaller size by DCT scaling,
+# nearly free, down to JPEG_WORKING_SIDE; a phone photo's digit is a good part of the frame.
+WORKING_SIDE: int = 1024
+JPEG_WORKING_SIDE: int = 512
+# Alpha images: when at least this fraction of the area is opaque, the opaque part is the
+# picture (a screenshot with transparent corners); below it, it is strokes on a transparent
+# canvas and the alpha channel is the ink.
+_OPAQUE_PICTURE_COVERAGE = 0.5
+# Transparent pixels whose colour differs this much from the strokes are the paper.
+_STROKE_CONTRAST = 64.0
+
+# Image.open tries only these; a Pillow built without WebP would raise KeyError for it.
+_OPEN_FORMATS = tuple(f for f in sorted(SUPPORTED_FORMATS) if f != "WEBP" or features.check_module("webp"))
+_SEND_HINT = "send a PNG, JPEG, BMP, WebP or GIF"
+# Pillow names the JPEG variant with an MPF block (many phone cameras) "MPO".
+_FORMAT_ALIASES = {"MPO": "JPEG"}
+# What Pillow raises on malformed input while identifying or decoding it.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, IndexError, EOFError, struct.error, zlib.error)
+
+# Pillow's own decompression-bomb check warns between Image.MAX_IMAGE_PIXELS and twice that,
+# before decode_image sees the size. decode_image applies its own limit from the header, so
+# the warning is noise; it is silenced here once, for that category only, because changing
+# warning filters per call (warnings.catch_warnings) is not thread-safe and the service
+# decodes in a thread pool. Pillow's error (above twice the limit) is caught and reported
+# as ImageTooLargeError, as is the warning where warnings are turned into errors.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+# --- bytes -> PIL image ------------------------------------------------------------------
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an uploaded image: a supported format, at most `max_pixels` pixels.
+
+    The size is checked from the header, before any pixel is decoded. Animated images give
+    their first frame. EXIF orientation (photos from phones) is applied.
+    """
+    return _load(_open(data, max_pixels), max_pixels)
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Identify `data` and check its format and declared size; no pixel is decoded yet."""
+    if not data:
+        raise ImageDecodeError(f"could not decode image: the upload is empty; {_SEND_HINT}")
+    try:
+        # Restricting the formats keeps exotic header parsers away from untrusted bytes.
+        image = Image.open(io.BytesIO(data), formats=_OPEN_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _pillow_too_large(exc, max_pixels) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(
+            f"could not decode image: {_describe_unidentified(data)}; {_SEND_HINT}"
+        ) from exc
+    except _DECODE_ERRORS as exc:  # a recognised format whose header is broken
+        raise ImageDecodeError(
+            f"could not decode image: {_describe_unidentified(data)} ({exc}); {_SEND_HINT}"
+        ) from exc
+
+    found = _FORMAT_ALIASES.get(image.format or "", image.format)
+    if found not in SUPPORTED_FORMATS:  # defensive: Image.open was told which formats to try
+        raise ImageDecodeError(f"could not decode image: {found} images are not supported; {_SEND_HINT}")
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"could not decode image: it has zero size ({width}x{height}); {_SEND_HINT}")
+    if width * height > max_pixels:
+        raise _too_large(f"{width}x{height} = {width * height:,} pixels", max_pixels)
+    return image
+
+
+def _load(image: Image.Image, max_pixels: int) -> Image.Image:
+    """Decode the pixels of an image from `_open` (the first frame only: nothing seeks)."""
+    try:
+        image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _pillow_too_large(exc, max_pixels) from exc
+    except _DECODE_ERRORS as exc:
+        found = _FORMAT_ALIASES.get(image.format or "", image.format)
+        raise ImageDecodeError(
+            f"could not decode image: the {found} data is corrupt or truncated ({exc}); {_SEND_HINT}"
+        ) from exc
+    return _apply_exif_orientation(image)
+
+
+def _too_large(declared: str, limit: int) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"image too large: its header declares {declared}, above the limit of {limit:,} pixels; "
+        "send a smaller image (a digit needs no more than a few hundred pixels a side)"
+    )
+
+
+def _pillow_too_large(exc: Exception, max_pixels: int) -> ImageTooLargeError:
+    """Pillow's own bomb check fired first; its message carries the count and its limit."""
+    counts = [int(n) for n in re.findall(r"\d+", str(exc))]  # "Image size (N pixels) exceeds limit of L"
+    if len(counts) >= 2:
+        return _too_large(f"{counts[0]:,} pixels", min(counts[1], max_pixels))
+    return _too_large("too many pixels", max_pixels)
+
+
+# Magic numbers of formats people send by mistake, to name them in the error message.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),
+    (b"%PDF-", "PDF"),
+    (b"%!PS", "PostScript"),
+    (b"8BPS", "PSD"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x00\x00\x02\x00", "CUR"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"qoif", "QOI"),
+)
+_FTYP_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF"}
+
+
+def _describe_unidentified(data: bytes) -> str:
+    """Why Pillow could not identify `data`, naming the format when it is recognisable."""
+    found = None
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            found = name
+            break
+    if found is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        found = "WEBP"
+    if found is None and data[:2] == b"BM":
+        found = "BMP"
+    if found is None and data[4:8] == b"ftyp":
+        found = _FTYP_BRANDS.get(data[8:12], "ISO media (HEIC/AVIF/MP4)")
+    if found is None:
+        head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+        if b"<svg" in head:
+            found = "SVG"
+        elif head.startswith(b"<"):
+            found = "an XML/HTML document"
+    if found in SUPPORTED_FORMATS:
+        return f"the data looks like a {found} file but is corrupt or truncated"
+    if found is not None:
+        return f"{found} images are not supported"
+    return "the data is not an image in a supported format"
+
+
+# Where Pillow's Image.getexif finds an orientation: an image with none of these (a canvas
+# export, a scan) needs no EXIF parsing.
+_ORIENTATION_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
+
+
+def _apply_exif_orientation(image: Image.Image) -> Image.Image:
+    """Rotate phone photos upright. A malformed EXIF block is ignored, not an error."""
+    if not any(key in image.info for key in _ORIENTATION_KEYS):
+        return image
+    try:
+        return ImageOps.exif_transpose(image, in_place=True) or image
+    except _DECODE_ERRORS:
+        return image
+
+
+# --- bytes / PIL image -> [H,W] luminance --------------------------------------------------
+
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_WIDE_INT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+@dataclass(frozen=True, slots=True)
+class Luma:
+    """An image's luminance, float32 [H,W] on 0..255, and the factor it was shrunk by: pixel
+    (r, c) of `values` covers pixel (r*scale, c*scale) of the uploaded image."""
+
+    values: np.ndarray
+    scale: float = 1.0
+
+
+def decode_luma(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, working_side: int = WORKING_SIDE) -> Luma:
+    """Uploaded bytes -> their luminance, shrunk by a whole factor to at most `working_side`
+    pixels a side (a JPEG: JPEG_WORKING_SIDE, decoding straight to the smaller size; others are
+    box-averaged, which keeps thin strokes). Raises ImageDecodeError or ImageTooLargeError."""
+    image = _open(data, max_pixels)
+    longest = max(image.size)  # the uploaded side, whatever the EXIF orientation
+    jpeg = _FORMAT_ALIASES.get(image.format or "", image.format) == "JPEG"
+    factor = _shrink_factor(image.size, min(working_side, JPEG_WORKING_SIDE) if jpeg else working_side)
+    if factor > 1 and jpeg:  # DCT scaling; "L" decodes only the luminance
+        image.draft("L" if image.mode in ("RGB", "YCbCr") else None, (image.width // factor, image.height // factor))
+    image = _load(image, max_pixels)
+    rest = _shrink_factor(image.size, working_side)
+    transparent = image.mode in _ALPHA_MODES or "transparency" in image.info
+    if rest > 1 and not transparent:  # area means in Pillow before any float copy: big uploads stay cheap
+        image = _reducible(image).reduce(rest)
+    luma = luma_of(image)
+    if rest > 1 and transparent:  # flattened first (reduce does not weigh colours by alpha), then averaged
+        luma = np.asarray(Image.fromarray(luma).reduce(rest))
+    return Luma(luma, longest / max(luma.shape))
+
+
+def _reducible(image: Image.Image) -> Image.Image:
+    """An opaque image in a mode Pillow's reduce() averages (L, RGB, I, F)."""
+    if image.mode in ("L", "RGB", "I", "F"):
+        return image
+    if image.mode == "1":
+        return _convert(image, "L")
+    return _convert(image, "I" if image.mode in _WIDE_INT_MODES else "RGB")
+
+
+def _shrink_factor(size: tuple[int, ...], working_side: int) -> int:
+    return -(-max(size) // working_side)  # ceil
+
+
+def luma_of(image: Image.Image) -> np.ndarray:
+    """Any Pillow image -> float32 [H,W] luminance 0..255, transparency flattened (see
+    `_composite_alpha`); 16-bit and float images scaled by their mode's range."""
+    if image.mode in _WIDE_INT_MODES or image.mode == "F":
+        return _wide_to_luma(image)
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        return _composite_alpha(image)
+    if image.mode == "LAB":
+        return np.asarray(image.getchannel("L"), dtype=np.float32)  # L* is the lightness
+    if image.mode != "L":
+        image = _convert(image, "L")  # Pillow converts in C
+    return np.asarray(image, dtype=np.float32)
+
+
+def _convert(image: Image.Image, mode: str) -> Image.Image:
+    try:
+        return image.convert(mode)
+    except ValueError:
+        pass
+    try:  # modes without a direct path (La, ...) go through RGBA
+        return image.convert("RGBA").convert(mode)
+    except ValueError as exc:
+        raise ImageDecodeError(
+            f"could not decode image: unsupported colour mode {image.mode}; {_SEND_HINT}"
+        ) from exc
+
+
+def _wide_to_luma(image: Image.Image) -> np.ndarray:
+    """16/32-bit integer and float images -> 0..255 by the mode's range."""
+    values = np.asarray(image).astype(np.float32)
+    if image.mode == "F":
+        np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)  # in place
+        peak = float(values.max(initial=0.0))
+        scale = 255.0 if peak <= 1.0 else (1.0 if peak <= 255.0 else 255.0 / peak)  # 0..1 or 0..255
+        return np.clip(values, 0.0, None) * np.float32(scale)
+    if image.mode == "I" and float(values.max(initial=0.0)) <= 255.0:
+        return np.clip(values, 0.0, 255.0)  # 8-bit data held in 32-bit integers
+    return np.clip(values, 0.0, 65535.0) * np.float32(255.0 / 65535.0)
+
+
+def _composite_alpha(image: Image.Image) -> np.ndarray:
+    """Flatten an image with transparency onto a background, as luminance 0..255.
+
+    Where most of the area is transparent, the opaque pixels are the strokes and the alpha
+    is the ink. The background is the colour under the transparent pixels when it contrasts
+    with the strokes (a colour-key GIF or PNG whose transparent colour is the paper);
+    otherwise, as in a browser canvas export whose untouched pixels are (0,0,0,0) whatever
+    the stroke colour, it is the tone opposite to the strokes. Where most of the area is
+    opaque (a screenshot with transparent corners), the picture goes onto its own paper
+    tone. A fully transparent image comes out uniform (no ink).
+    """
+    if image.mode not in ("RGBA", "LA"):
+        image = image.convert("RGBA")
+    width, height = image.size
+    box = image.getbbox(alpha_only=False)  # in C; None: every pixel is (0,0,0,0)
+    if box is None:
+        return np.zeros((height, width), dtype=np.float32)
+    left, top, right, bottom = box
+    inner = image.crop(box) if (right - left, bottom - top) != (width, height) else image
+    luma = np.asarray(inner.convert("L"))  # [h,w] uint8, ignores alpha
+    alpha = np.asarray(inner.getchannel("A"))  # [h,w] uint8
+    outside = width * height - alpha.size  # transparent black pixels around the box
+    coverage = float(alpha.sum(dtype=np.int64)) / (255.0 * width * height)
+    if coverage == 0.0:
+        return np.zeros((height, width), dtype=np.float32)
+    opaque = alpha >= 128
+    if coverage >= _OPAQUE_PICTURE_COVERAGE:
+        background = float(np.median(luma[opaque]))  # the picture's paper
+    else:
+        strokes = luma[opaque] if opaque.any() else luma[alpha > 0]
+        under = _hidden_median(luma[alpha == 0], outside)
+        if under is not None and np.percentile(np.abs(strokes - np.float32(under)), 90) >= _STROKE_CONTRAST:
+            background = under
+        else:
+            background = 255.0 if float(strokes.mean()) < 127.5 else 0.0
+    flat = np.full((height, width), background, dtype=np.float32)
+    weight = alpha.astype(np.float32) * np.float32(1 / 255)
+    flat[top:bottom, left:right] = np.float32(background) + weight * (luma - np.float32(background))
+    return flat
+
+
+def _hidden_median(hidden: np.ndarray, outside: int) -> float | None:
+    """Median luminance of the fully transparent pixels: `hidden` inside the box and
+    `outside` transparent black ones around it; None if there are none."""
+    count = hidden.size + outside
+    if not count:
+        return None
+    if outside >= (count + 1) // 2:  # the median is among the zeros
+        return 0.0
+    return float(np.median(np.concatenate([hidden.astype(np.float32), np.zeros(outside, np.float32)])))

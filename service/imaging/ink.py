@@ -1,0 +1,208 @@
+"""Luminance -> ink: where the pen is, however the page is lit.
+
+    luminance [H,W] --polarity--> ink darker than the paper
+      --flatten--> divided by a large-scale estimate of the paper's brightness
+      --threshold--> Otsu's, bounded below by the paper's own noise
+      --components--> the ink's connected pieces (hysteresis: a piece keeps its faint
+                      edges when it has at least one clearly dark pixel)
+
+The paper's brightness is estimated on a thumbnail (64 to 128 pixels on the shorter side):
+a morphological closing removes the strokes (anything darker and narrower than about a
+quarter of the shorter side), smoothly varying light (a gradient, a vignette) and a shadow's edge stay,
+and the estimate is scaled back up. Dividing by it turns a photo's uneven page into flat
+paper, on which one global threshold works; a clean canvas or scan is flat already and goes
+through unchanged. Filtering, morphology, thresholding and labelling are OpenCV's
+(see the README for why OpenCV rather than scipy.ndimage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from service.imaging.errors import no_ink
+
+__all__ = ["Ink", "find_ink"]
+
+# cv2 would otherwise start a thread pool per process: the service decodes in its own threads.
+cv2.setNumThreads(1)
+
+# The paper's brightness is estimated on a thumbnail of at least this many pixels on the shorter
+# side, with a closing this fraction of it wide: strokes up to about a quarter of the short side.
+_THUMB_SIDE = 64
+_CLOSING_FRACTION = 17 / 64
+# Images with a shorter side below this are small crops (an MNIST digit): no lighting to undo,
+# no noise to smooth; the paper is their 90th percentile (after polarity, the paper is light).
+_SMALL_SIDE = 64
+_SMALL_PAPER_PERCENTILE = 90.0
+# Gaussian smoothing (sigma, pixels) before anything else, on images that are neither small nor
+# clean (pixel noise above _NOISY grey levels): sensor and JPEG noise drops about threefold,
+# strokes (several pixels wide) barely change; drawings and clean scans are left as they are.
+_SMOOTH_SIGMA = 1.0
+_NOISY = 1.0
+# Contrast is darkness relative to the paper, 0..255 (255: black on any paper). A piece of ink
+# needs a pixel at least this dark, and at least _NOISE_SIGMAS above the paper's noise.
+_MIN_CONTRAST = 40.0
+_NOISE_SIGMAS = 8.0
+# Its faint edges are kept down to this fraction of the high threshold (hysteresis), within
+# this many pixels of a clearly dark one.
+_LOW_FRACTION = 0.2
+_EDGE_REACH = 3
+# Pieces smaller than this fraction of the shorter side squared (and than 4 pixels) are specks.
+_MIN_AREA_FRACTION = 4e-4
+# Polarity: the other side wins only when it reaches this fraction of the stronger extreme.
+_POLARITY_FLOOR = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Ink:
+    """The ink of an image: `strength` float32 [H,W] (0: paper, 255: black on any paper;
+    0 outside the kept pieces), `labels` int32 [H,W] (piece 1..n, 0: paper), `boxes` int32
+    [n,4] (x, y, width, height of piece k+1) and `areas` int32 [n] (pixels)."""
+
+    strength: np.ndarray
+    labels: np.ndarray
+    boxes: np.ndarray
+    areas: np.ndarray
+
+
+def find_ink(luma: np.ndarray) -> Ink:
+    """Luminance float32 [H,W] 0..255 -> its ink. Raises NoInkError when there is none."""
+    image = np.asarray(luma, dtype=np.float32)
+    if image.ndim != 2 or image.size == 0:
+        raise ValueError(f"find_ink expects a non-empty 2-D [H,W] array, got shape {image.shape}")
+    small = min(image.shape) < _SMALL_SIDE
+    if not small and _pixel_noise(image) > _NOISY:
+        image = cv2.GaussianBlur(image, (0, 0), _SMOOTH_SIGMA)
+    thumb = _thumbnail(image)
+    if not _dark_ink(image, thumb):
+        image, thumb = np.float32(255.0) - image, np.float32(255.0) - thumb  # light ink: now dark
+    contrast = _flatten(image, thumb, small)
+    return _pieces(contrast, small)
+
+
+def _pixel_noise(image: np.ndarray) -> float:
+    """Robust sigma of the pixels' noise, from differences of horizontal neighbours (a sample):
+    about 0 for a drawing or a clean scan, the sensor's noise for a photo."""
+    sample = image[::4]
+    differences = np.abs(sample[:, 1::2] - sample[:, :-1:2][:, : sample[:, 1::2].shape[1]])
+    return 1.4826 * float(np.median(differences)) / np.sqrt(2.0)
+
+
+def _dark_ink(image: np.ndarray, thumb: np.ndarray) -> bool:
+    """Whether the ink is darker than the paper: the side of the paper's tone (the median of a
+    thumbnail) that reaches farther, unless the other comes close. Then light paper (at least mid
+    grey) carries dark ink: a photo's page lit unevenly reaches far on both sides, and so does an
+    empty one. On dark paper the side with more mass beyond a floor wins (chalk on a board)."""
+    low, high, _, _ = cv2.minMaxLoc(image)
+    paper = float(np.median(thumb))
+    darkest, lightest = paper - low, high - paper
+    floor = _POLARITY_FLOOR * max(darkest, lightest)
+    if min(darkest, lightest) < floor:
+        return darkest > lightest
+    if paper >= 127.5:
+        return True  # light paper with both extremes (uneven light, glare): pen on paper
+    darker = float(np.maximum(np.float32(paper - floor) - image, 0.0).sum())
+    lighter = float(np.maximum(image - np.float32(paper + floor), 0.0).sum())
+    return darker > lighter
+
+
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    """Block means over f x f pixels, f the whole factor bringing the shorter side down to
+    _THUMB_SIDE..2*_THUMB_SIDE (a few edge pixels left over are ignored): several times cheaper
+    than resampling to an exact size."""
+    height, width = image.shape
+    factor = min(height, width) // _THUMB_SIDE
+    if factor <= 1:
+        return image
+    rows, cols = height // factor, width // factor
+    whole = image[: rows * factor, : cols * factor]
+    return cv2.resize(whole, (cols, rows), interpolation=cv2.INTER_AREA)  # a whole ratio: block means
+
+
+def _flatten(image: np.ndarray, thumb: np.ndarray, small: bool) -> np.ndarray:
+    """Dark-ink luminance -> contrast float32 [H,W]: 255 * (1 - pixel / paper brightness);
+    negative where a pixel is lighter than the estimate (noise, glare)."""
+    if small:
+        paper = np.float32(max(float(np.percentile(image, _SMALL_PAPER_PERCENTILE)), 1.0))
+        return np.float32(255.0) - image * (np.float32(255.0) / paper)
+    # Odd reflection continues the light's slope past the edges: with any other padding the
+    # edge of a page darkening outwards (a vignette) is a valley, which a closing fills in.
+    closing = 2 * round(_CLOSING_FRACTION * min(thumb.shape) / 2) + 1  # odd
+    pad = closing // 2 + 1
+    padded = np.pad(thumb, pad, mode="reflect", reflect_type="odd")
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (closing, closing))
+    paper_thumb = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, kernel)  # strokes gone, light kept
+    paper_thumb = paper_thumb[pad:-pad, pad:-pad]
+    np.maximum(paper_thumb, 1.0, out=paper_thumb)
+    height, width = image.shape
+    factor = min(height, width) // _THUMB_SIDE if thumb.shape != image.shape else 1
+    rows, cols = thumb.shape
+    paper = cv2.resize(paper_thumb, (cols * factor, rows * factor), interpolation=cv2.INTER_LINEAR)
+    if paper.shape != image.shape:  # the few edge pixels the thumbnail left out: the nearest estimate
+        paper = cv2.copyMakeBorder(paper, 0, height - paper.shape[0], 0, width - paper.shape[1], cv2.BORDER_REPLICATE)
+    ratio = cv2.divide(image, paper, scale=255.0)  # 255: paper, 0: black
+    return np.float32(255.0) - ratio
+
+
+def _pieces(contrast: np.ndarray, small: bool) -> Ink:
+    """Threshold the contrast and keep the connected pieces that are ink."""
+    high, low = _thresholds(contrast, small)
+    strong = (contrast > high).view(np.uint8)
+    # Hysteresis within reach: faint pixels count where they are near clearly dark ones (a
+    # stroke's soft edge), never a faint region (what is left of a shadow's edge) a stroke touches.
+    near = cv2.dilate(strong, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * _EDGE_REACH + 1,) * 2))
+    mask = near & (contrast > low).view(np.uint8)
+    # Labels only: OpenCV's labelling with statistics costs several times more than the labelling;
+    # the statistics come from the ink's pixels alone (a small fraction of the image).
+    count, labels = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
+    points = cv2.findNonZero(mask)  # (x, y) of the labelled pixels ([n,1,2] or [n,2]); None if none
+    if points is None:
+        raise no_ink()
+    points = points.reshape(-1, 2)
+    xs, ys = points[:, 0], points[:, 1]
+    which = labels[ys, xs]
+    areas = np.bincount(which, minlength=count)
+    short = min(contrast.shape)
+    min_area = max(4.0, _MIN_AREA_FRACTION * short * short) if not small else 1.0
+    keep = areas >= min_area
+    keep[0] = False  # the paper
+    kept = np.flatnonzero(keep)
+    if not kept.size:
+        raise no_ink()
+    relabel = np.zeros(count, dtype=np.int32)
+    relabel[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
+    if kept.size < count - 1:  # some pieces dropped (usually none: then the labels stand)
+        labels = relabel[labels]
+        which = relabel[which]
+        mask = (labels > 0).view(np.uint8)
+    strength = np.multiply(contrast, mask, dtype=np.float32)  # 0 off the ink
+    np.maximum(strength, np.float32(0.0), out=strength)  # contrast <= 255 already
+    return Ink(strength, labels, _boxes(ys, xs, which, kept.size), areas[kept].astype(np.int32))
+
+
+def _boxes(ys: np.ndarray, xs: np.ndarray, which: np.ndarray, count: int) -> np.ndarray:
+    """int32 [count,4] x, y, width, height of pieces 1..count from their pixels' coordinates
+    (`which`: each pixel's piece, 0 for a dropped one): grouped by a stable sort, then reduced."""
+    order = np.argsort(which.astype(np.int16 if count < 32767 else np.int32), kind="stable")  # radix sort
+    sizes = np.bincount(which, minlength=count + 1)
+    starts = np.cumsum(sizes)[:-1]  # where pieces 1..count start in `order`
+    ys, xs = ys[order], xs[order]
+    top, bottom = np.minimum.reduceat(ys, starts), np.maximum.reduceat(ys, starts)
+    left, right = np.minimum.reduceat(xs, starts), np.maximum.reduceat(xs, starts)
+    return np.stack([left, top, right - left + 1, bottom - top + 1], axis=1).astype(np.int32)
+
+
+def _thresholds(contrast: np.ndarray, small: bool) -> tuple[float, float]:
+    """(high, low): Otsu's threshold of the contrast, raised to the minimum contrast and above
+    the paper's noise (a robust sigma from the median absolute deviation of a sample)."""
+    sample = contrast if small else contrast[::4, ::4]
+    centre = float(np.median(sample))
+    sigma = 1.4826 * float(np.median(np.abs(sample - np.float32(centre))))
+    levels = np.clip(contrast if small else contrast[::2, ::2], 0.0, 255.0).astype(np.uint8)
+    otsu, _ = cv2.threshold(levels, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    high = max(float(otsu), _MIN_CONTRAST, centre + _NOISE_SIGMAS * sigma)
+    low = max(_LOW_FRACTION * high, centre + 0.5 * _NOISE_SIGMAS * sigma)
+    return high, low

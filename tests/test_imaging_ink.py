@@ -1,0 +1,87 @@
+"""service/imaging/ink.py: the ink of real MNIST digits however the page is lit, and blank pages."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from service.imaging import NoInkError, preprocess_image_bytes
+from service.imaging.decode import decode_luma
+from service.imaging.ink import find_ink
+from testkit import handwriting
+
+
+@pytest.fixture(scope="module")
+def session(models_dir: object) -> ort.InferenceSession:
+    return ort.InferenceSession(str(models_dir) + "/lenet5.onnx", providers=["CPUExecutionProvider"])
+
+
+def _lit_page(digit: np.ndarray, *, gradient: float, shadow: float) -> np.ndarray:
+    """float32 [240,320]: the digit (dark, 4x) on grey paper lit by a left-to-right gradient of
+    +-`gradient` levels, the right third in a shadow `shadow` darker."""
+    paper = 170.0 + np.linspace(-gradient, gradient, 320, dtype=np.float32)[None, :].repeat(240, axis=0)
+    paper[:, 220:] *= 1.0 - shadow
+    ink = np.kron(digit.astype(np.float32) / 255.0, np.ones((4, 4), np.float32))  # [112,112]
+    page = paper.copy()
+    page[60:172, 100:212] = paper[60:172, 100:212] * (1.0 - ink) + 30.0 * ink
+    return page
+
+
+def test_gradient_and_shadow_leave_only_the_digit(mnist_test_sample: tuple[np.ndarray, np.ndarray]) -> None:
+    """The issue's example: a plainly readable dark digit on grey paper with a light gradient."""
+    digits, _ = mnist_test_sample
+    for digit in digits[:20]:
+        ink = find_ink(_lit_page(digit, gradient=20.0, shadow=0.3))
+        rows, cols = np.flatnonzero(ink.strength.any(axis=1)), np.flatnonzero(ink.strength.any(axis=0))
+        truth_rows = np.flatnonzero(np.kron(digit, np.ones((4, 4))).any(axis=1)) + 60
+        truth_cols = np.flatnonzero(np.kron(digit, np.ones((4, 4))).any(axis=0)) + 100
+        assert abs(rows[0] - truth_rows[0]) <= 4 and abs(rows[-1] - truth_rows[-1]) <= 4
+        assert abs(cols[0] - truth_cols[0]) <= 4 and abs(cols[-1] - truth_cols[-1]) <= 4
+
+
+def test_ink_pieces_are_labelled_with_their_boxes(mnist_test_sample: tuple[np.ndarray, np.ndarray]) -> None:
+    digits, _ = mnist_test_sample
+    page = np.full((100, 300), 255.0, np.float32)
+    page[20:76, 20:76] -= np.kron(digits[0], np.ones((2, 2))).astype(np.float32)
+    page[20:76, 200:256] -= np.kron(digits[1], np.ones((2, 2))).astype(np.float32)
+    ink = find_ink(page)
+    assert ink.labels.max() == len(ink.boxes) == len(ink.areas) >= 2
+    for k, (x, y, w, h) in enumerate(ink.boxes, start=1):
+        ys, xs = np.nonzero(ink.labels == k)
+        assert (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) == (x, y, w, h)
+        assert ink.areas[k - 1] == xs.size
+    assert not ink.strength[ink.labels == 0].any()
+
+
+@pytest.mark.parametrize("page", [
+    np.full((240, 320), 200.0, np.float32),
+    np.linspace(120.0, 230.0, 320, dtype=np.float32)[None, :].repeat(240, axis=0),
+    np.zeros((280, 280), np.float32),
+], ids=["flat", "gradient", "black"])
+def test_blank_pages_have_no_ink(page: np.ndarray) -> None:
+    with pytest.raises(NoInkError, match="no ink"):
+        find_ink(page)
+
+
+def test_phone_photos_are_read(
+    mnist_test_sample: tuple[np.ndarray, np.ndarray], session: ort.InferenceSession
+) -> None:
+    """Generated phone photos of MNIST test digits (testkit.handwriting.photos) through the whole
+    upload path; the benchmark (bench/bench_imaging.py) measures the same on 500 and more."""
+    digits, labels = mnist_test_sample
+    samples = list(handwriting.photos(digits, labels, 60, seed=21))
+    inputs = np.stack([preprocess_image_bytes(s.data) for s in samples])[:, None]
+    (probabilities,) = session.run(["probabilities"], {"pixels": inputs})
+    accuracy = float(np.mean(probabilities.argmax(axis=1) == [int(s.text) for s in samples]))
+    assert accuracy >= 0.9, f"{accuracy:.1%} of the photos read right"
+
+
+def test_photos_of_empty_paper_are_blank() -> None:
+    refused = 0
+    for sample in handwriting.empty_photos(20, seed=22):
+        try:
+            find_ink(decode_luma(sample.data).values)
+        except NoInkError:
+            refused += 1
+    assert refused >= 18, f"only {refused} of 20 empty pages refused"

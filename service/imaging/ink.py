@@ -70,7 +70,7 @@ class Ink:
 
 def find_ink(luma: np.ndarray) -> Ink:
     """Luminance float32 [H,W] 0..255 -> its ink. Raises NoInkError when there is none."""
-    image = np.asarray(luma, dtype=np.float32)
+    image: np.ndarray = np.asarray(luma, dtype=np.float32)
     if image.ndim != 2 or image.size == 0:
         raise ValueError(f"find_ink expects a non-empty 2-D [H,W] array, got shape {image.shape}")
     small = min(image.shape) < _SMALL_SIDE
@@ -126,8 +126,8 @@ def _flatten(image: np.ndarray, thumb: np.ndarray, small: bool) -> np.ndarray:
     """Dark-ink luminance -> contrast float32 [H,W]: 255 * (1 - pixel / paper brightness);
     negative where a pixel is lighter than the estimate (noise, glare)."""
     if small:
-        paper = np.float32(max(float(np.percentile(image, _SMALL_PAPER_PERCENTILE)), 1.0))
-        return np.float32(255.0) - image * (np.float32(255.0) / paper)
+        level = np.float32(max(float(np.percentile(image, _SMALL_PAPER_PERCENTILE)), 1.0))
+        return np.float32(255.0) - image * (np.float32(255.0) / level)
     # Odd reflection continues the light's slope past the edges: with any other padding the
     # edge of a page darkening outwards (a vignette) is a valley, which a closing fills in.
     closing = 2 * round(_CLOSING_FRACTION * min(thumb.shape) / 2) + 1  # odd
@@ -140,10 +140,10 @@ def _flatten(image: np.ndarray, thumb: np.ndarray, small: bool) -> np.ndarray:
     height, width = image.shape
     factor = min(height, width) // _THUMB_SIDE if thumb.shape != image.shape else 1
     rows, cols = thumb.shape
-    paper = cv2.resize(paper_thumb, (cols * factor, rows * factor), interpolation=cv2.INTER_LINEAR)
+    paper: np.ndarray = cv2.resize(paper_thumb, (cols * factor, rows * factor), interpolation=cv2.INTER_LINEAR)
     if paper.shape != image.shape:  # the few edge pixels the thumbnail left out: the nearest estimate
         paper = cv2.copyMakeBorder(paper, 0, height - paper.shape[0], 0, width - paper.shape[1], cv2.BORDER_REPLICATE)
-    ratio = cv2.divide(image, paper, scale=255.0)  # 255: paper, 0: black
+    ratio: np.ndarray = cv2.divide(image, paper, scale=255.0)  # 255: paper, 0: black
     return np.float32(255.0) - ratio
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -48,8 +49,8 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
         raise no_ink()
 
     inked = ink > peak * _BBOX_FRACTION
-    (rows,) = inked.any(axis=1).nonzero()
-    (cols,) = inked.any(axis=0).nonzero()
+    rows = np.flatnonzero(inked.any(axis=1))
+    cols = np.flatnonzero(inked.any(axis=0))
     box = np.maximum(ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], 0.0)  # [h,w], clipped at 0
     height, width = box.shape
     scale = _BOX_SIZE / max(height, width)
@@ -151,7 +152,7 @@ def _whole_bytes(pixels: object) -> np.ndarray | None:
         return None
     first = pixels[0]
     images = pixels if type(first) is list and first and type(first[0]) is list else (pixels,)
-    rows: list[list[object]] = []
+    rows: list[Any] = []  # 28-value rows of numbers, checked below
     for image in images:  # 28 lists of 28 (set(map(...)) keeps the checks in C)
         if type(image) is not list or len(image) != _MNIST_SIDE or set(map(type, image)) != _LIST_TYPE \
                 or set(map(len, image)) != _SIDE_LENGTH:

@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {  # name -> (environment, workers)
     "batched": ({"DIGITS_MAX_BATCH_SIZE": "64"}, 1),
     "unbatched": ({"DIGITS_MAX_BATCH_SIZE": "1"}, 1),
+    "batched-thread": ({"DIGITS_MAX_BATCH_SIZE": "64", "DIGITS_INLINE_INFERENCE": "off"}, 1),  # never inline
     "batched-2w": ({"DIGITS_MAX_BATCH_SIZE": "64"}, 2),
     "unbatched-2w": ({"DIGITS_MAX_BATCH_SIZE": "1"}, 2),
     "bare": ({}, 1),  # bench/bare_app.py: trivial endpoint only

@@ -148,8 +148,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--jobs", type=_non_negative, default=None, metavar="N",
         help=f"worker processes decoding image files; 0 decodes them in the reading thread (default: measured: "
              f"the first files are decoded in the reading thread and timed; the rest go to one worker per core, "
-             f"{cores()} here, where a file takes 1 ms or more, e.g. photos, and stay in the reading thread "
-             "otherwise, e.g. small scans)")
+             f"{cores()} here, where a file takes 0.4 ms or more, e.g. photos and scans, and stay in the "
+             "reading thread otherwise)")
 
     add = parser.add_argument_group("engine").add_argument
     add("--engine", choices=("local", "ray"), default="local",

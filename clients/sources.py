@@ -76,10 +76,11 @@ _GLOB_CHARS = frozenset("*?[")
 # Decoding image files: in the reading thread, or in worker processes where a file's decode cost pays for
 # the processes and their traffic. With --jobs unset the first PROBE_FILES files are decoded here, one at a
 # time, and timed; the rest go to one worker per core when the median file took POOL_MIN_FILE_S or more
-# (bench/bench_score.py: a 28x28 PNG takes ~0.25 ms, and two workers were slower than the reading thread;
-# a 640x480 photo takes 2-4 ms, and two workers give ~1.8x one) and they are POOL_MIN_WORK_S of work at least.
+# and they are POOL_MIN_WORK_S of work at least. bench/bench_score.py on two cores: at ~0.25 ms a file two
+# workers were slower than the reading thread; at ~0.5 ms (a 28x28 PNG through service/imaging) they give
+# 1.6x; a 640x480 photo takes 2-4 ms, and two workers give ~1.7x one.
 PROBE_FILES = 16
-POOL_MIN_FILE_S = 0.001
+POOL_MIN_FILE_S = 0.0004
 POOL_MIN_WORK_S = 0.5
 TASK_FILES = 32  # image files per task decoded in the reading thread
 TASK_TARGET_S = 0.02  # seconds of decoding per worker task: its IPC (a path list out, float32 [k,28,28] back) is

@@ -145,9 +145,8 @@ class DynamicBatcher:
             await loop.run_in_executor(self._executor, _nothing)
             hop.append(time.perf_counter() - started)
         self.model_seconds, self.handoff_seconds = median(model), median(hop)
-        budget = {"off": 0.0, "auto": min(self.handoff_seconds, INLINE_MAX_S), "on": INLINE_MAX_S}[self.inline_policy]
-        fits = int(budget / self.model_seconds) if self.model_seconds > 0 else 0
-        self.inline_max_images = min(fits, self.max_batch_size)
+        self.inline_max_images = inline_capacity(self.inline_policy, self.model_seconds, self.handoff_seconds,
+                                                 self.max_batch_size)
         log.info("model %s: %.0f us a call on one image, %.0f us a hand-off to the inference thread; inline=%s: "
                  "%s", self.name, self.model_seconds * 1e6, self.handoff_seconds * 1e6, self.inline_policy,
                  f"batches of up to {self.inline_max_images} images run on the event loop"
@@ -274,6 +273,15 @@ class DynamicBatcher:
         self._pending = 0
         if self._own_executor:
             self._executor.shutdown(wait=False)
+
+
+def inline_capacity(policy: InlinePolicy, model_s: float, handoff_s: float, max_batch_size: int) -> int:
+    """How many images a batch may hold to run on the event loop: none with ``off``; with ``auto`` as many
+    as cost (at ``model_s`` each, an over-estimate for batches) no more than one hand-off of ``handoff_s``;
+    with ``on`` as many as fit in :data:`INLINE_MAX_S`. Never more than ``max_batch_size``."""
+    budget = {"off": 0.0, "auto": min(handoff_s, INLINE_MAX_S), "on": INLINE_MAX_S}[policy]
+    fits = int(budget / model_s) if model_s > 0 else 0
+    return min(fits, max_batch_size)
 
 
 def _nothing() -> None:

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from service.batcher import BatcherClosedError, DynamicBatcher, InferenceError, QueueFullError
+from service.batcher import BatcherClosedError, DynamicBatcher, InferenceError, QueueFullError, inline_capacity
 
 
 class Recorder:
@@ -237,11 +237,21 @@ async def test_inline_and_thread_paths_give_identical_outputs_on_the_real_model(
     await threaded.close()
 
 
-async def test_auto_runs_a_lone_request_inline_when_the_model_is_cheaper_than_the_hand_off() -> None:
-    model = Recorder()  # microseconds a call: far below a thread round trip
-    batcher = DynamicBatcher(model, inline="auto")
+def test_auto_runs_inline_what_costs_less_than_one_hand_off_and_nothing_slow() -> None:
+    # A 20 us model and a 70 us hand-off (LeNet-5 on a CPU): three images fit in one hand-off.
+    assert inline_capacity("auto", 20e-6, 70e-6, 64) == 3
+    assert inline_capacity("auto", 100e-6, 70e-6, 64) == 0  # the model costs more than the hop
+    assert inline_capacity("on", 20e-6, 70e-6, 64) == 50  # whatever fits in 1 ms
+    assert inline_capacity("on", 2e-6, 70e-6, 64) == 64  # never past the batch size
+    assert inline_capacity("on", 0.005, 70e-6, 64) == 0  # a slow model never runs on the loop
+    assert inline_capacity("off", 1e-6, 70e-6, 64) == 0
+
+
+async def test_a_lone_request_the_policy_allows_runs_on_the_event_loop() -> None:
+    model = Recorder()
+    batcher = DynamicBatcher(model, inline="on")
     await batcher.calibrate(images(0))
-    assert batcher.model_seconds < batcher.handoff_seconds
+    batcher.inline_max_images = 1  # as calibrate decides for a model cheaper than the hand-off
     model.threads.clear()
     out, _ = await batcher.submit(images(7))
     assert out.tolist() == [7] and model.threads == {threading.current_thread().name}

@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from core.contract import IMAGE_SIDE
 from service.imaging.errors import PixelArrayError, no_ink
 
 __all__ = ["MNIST_SIDE", "pixels_to_batch", "refuse_blank", "to_mnist"]
 
-MNIST_SIDE = 28  # side of the model's input
+MNIST_SIDE = IMAGE_SIDE  # side of the model's input (core/contract.py)
 _MNIST_SIDE = MNIST_SIDE
 _BOX_SIZE = 20  # the digit is scaled to fit this box inside the 28x28 field
 _CENTRE = 14.0  # target centre of mass (row and column), as measured on MNIST itself

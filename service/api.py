@@ -79,12 +79,12 @@ _PREDICT_BODY = {
 }
 
 
-def _preprocess_all(blobs: list[bytes], max_pixels: int) -> np.ndarray:
-    """Encoded images -> float32 [N,1,28,28]; a bad image names its position (from 1)."""
-    out = np.empty((len(blobs), *IMAGE_SHAPE), np.float32)
+def _each_image(convert: Callable[..., T], blobs: list[bytes], max_pixels: int) -> list[T]:
+    """``convert(data, max_pixels=...)`` for every encoded image; a bad image's error names its position."""
+    out = []
     for i, data in enumerate(blobs):
         try:
-            out[i, 0] = imaging.preprocess_image_bytes(data, max_pixels=max_pixels)
+            out.append(convert(data, max_pixels=max_pixels))
         except imaging.ImagingError as exc:
             raise ImageError(i, len(blobs), exc) from None
     return out
@@ -116,7 +116,8 @@ async def read_inputs(request: Request, settings: Settings) -> tuple[np.ndarray,
     body = await read_body(request, settings, pixels=True)
     if isinstance(body, np.ndarray):
         return body, asyncio.get_running_loop().time()
-    return await decode_blobs(_preprocess_all, body, settings)
+    digits, since = await decode_blobs(imaging.preprocess_image_bytes, body, settings)
+    return np.stack(digits).reshape(len(digits), *IMAGE_SHAPE), since  # [N,1,28,28]
 
 
 async def read_body(request: Request, settings: Settings, *, pixels: bool) -> np.ndarray | list[bytes]:
@@ -162,14 +163,15 @@ async def read_body(request: Request, settings: Settings, *, pixels: bool) -> np
 
 
 async def decode_blobs(
-    decode: Callable[[list[bytes], int], T], blobs: list[bytes], settings: Settings
-) -> tuple[T, float]:
-    """Run ``decode(blobs, max_image_pixels)`` in the thread pool -> (its result, the event loop's clock
-    when the body was in), or a timeout error when it waited more than the request timeout."""
+    convert: Callable[..., T], blobs: list[bytes], settings: Settings
+) -> tuple[list[T], float]:
+    """``convert(data, max_pixels=max_image_pixels)`` for every image, in the thread pool -> (the results,
+    the event loop's clock when the body was in), or a timeout error when it waited more than the request
+    timeout. A bad image's error names its position (from 1)."""
     since = asyncio.get_running_loop().time()
     try:
         async with asyncio.timeout_at(since + settings.request_timeout_s):
-            return await run_in_threadpool(decode, blobs, settings.max_image_pixels), since
+            return await run_in_threadpool(_each_image, convert, blobs, settings.max_image_pixels), since
     except TimeoutError:
         raise RequestTimeoutError(f"the request waited more than {settings.request_timeout_s:g} s to have its "
                                   "images decoded (the server is busy decoding others); retry later") from None

@@ -14,7 +14,6 @@ from starlette.responses import Response
 from service import imaging
 from service.api import ERRORS, decode_blobs, read_body
 from service.deps import json_response, registry_of, settings_of
-from service.errors import ImageError
 from service.routing import LeanRoute
 from service.security import API_KEY
 
@@ -86,17 +85,6 @@ _READ_BODY = {
 }
 
 
-def _split_all(blobs: list[bytes], max_pixels: int) -> list[list[imaging.DigitImage]]:
-    """Encoded images -> each one's digits; a bad image names its position (from 1)."""
-    out = []
-    for i, data in enumerate(blobs):
-        try:
-            out.append(imaging.read_number_bytes(data, max_pixels=max_pixels))
-        except imaging.ImagingError as exc:
-            raise ImageError(i, len(blobs), exc) from None
-    return out
-
-
 async def read(request: Request, query: Annotated[ReadQuery, Query()]) -> Response:
     """Accepts the images `/predict` does (multipart `file` fields, a raw `image/*` body, JSON
     `{"images": [base64...]}`) and reads each as a number of one or more digits: the ink is cut into
@@ -107,7 +95,7 @@ async def read(request: Request, query: Annotated[ReadQuery, Query()]) -> Respon
     registry = registry_of(request)
     registry.admit(query.model)  # unknown model 404, full queue 503: before reading the body
     blobs = await read_body(request, settings, pixels=False)  # pixels=False: encoded files only
-    images, since = await decode_blobs(_split_all, list(blobs), settings)
+    images, since = await decode_blobs(imaging.read_number_bytes, list(blobs), settings)
     x = np.stack([digit.pixels for digits in images for digit in digits])[:, None]  # [D,1,28,28]
     served, (_, probabilities) = await registry.infer(query.model, x, settings.request_timeout_s, since=since)
     readings: list[dict[str, Any]] = []

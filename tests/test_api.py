@@ -244,13 +244,13 @@ def test_waiting_past_the_request_timeout_is_504(models_dir: Path) -> None:
 def test_waiting_for_a_busy_image_decoder_counts_against_the_request_timeout(
     models_dir: Path, mnist_test_sample, monkeypatch: pytest.MonkeyPatch, timeout_s: float
 ) -> None:
-    decode = api._preprocess_all
+    decode = api._each_image
 
-    def slow_decode(blobs: list[bytes], max_pixels: int) -> np.ndarray:
+    def slow_decode(convert, blobs: list[bytes], max_pixels: int) -> list:
         time.sleep(0.5)  # as a huge upload would take
-        return decode(blobs, max_pixels)
+        return decode(convert, blobs, max_pixels)
 
-    monkeypatch.setattr(api, "_preprocess_all", slow_decode)
+    monkeypatch.setattr(api, "_each_image", slow_decode)
     images, labels = mnist_test_sample
     upload = {"file": ("digit.png", png_bytes(images[0]), "image/png")}
     app = create_app(Settings(models_dir=models_dir, decode_threads=1, request_timeout_s=timeout_s))

@@ -60,12 +60,15 @@ _POLARITY_FLOOR = 0.25
 class Ink:
     """The ink of an image: `strength` float32 [H,W] (0: paper, 255: black on any paper;
     0 outside the kept pieces), `labels` int32 [H,W] (piece 1..n, 0: paper), `boxes` int32
-    [n,4] (x, y, width, height of piece k+1) and `areas` int32 [n] (pixels)."""
+    [n,4] (x, y, width, height of piece k+1), `areas` int32 [n] (pixels) and `core`, the
+    strength of clearly dark ink: each piece has pixels at least this strong, its faint edges
+    are weaker."""
 
     strength: np.ndarray
     labels: np.ndarray
     boxes: np.ndarray
     areas: np.ndarray
+    core: float
 
 
 def find_ink(luma: np.ndarray) -> Ink:
@@ -104,8 +107,14 @@ def _dark_ink(image: np.ndarray, thumb: np.ndarray) -> bool:
         return darkest > lightest
     if paper >= 127.5:
         return True  # light paper with both extremes (uneven light, glare): pen on paper
-    darker = float(np.maximum(np.float32(paper - floor) - image, 0.0).sum())
-    lighter = float(np.maximum(image - np.float32(paper + floor), 0.0).sum())
+    # Mid-grey or dark paper: the side with more mass beyond a floor around the *local* paper
+    # (the thumbnail blurred over about a quarter of its shorter side) wins. Against a local
+    # reference, a shadow's edge is as much lighter on one side as darker on the other, and
+    # the page's lit half is paper, not ink; only the strokes tip the balance.
+    sigma = _CLOSING_FRACTION * min(thumb.shape) / 2
+    local = cv2.GaussianBlur(thumb, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    darker = float(np.maximum(local - np.float32(floor) - thumb, 0.0).sum())
+    lighter = float(np.maximum(thumb - local - np.float32(floor), 0.0).sum())
     return darker > lighter
 
 
@@ -180,7 +189,7 @@ def _pieces(contrast: np.ndarray, small: bool) -> Ink:
         mask = (labels > 0).view(np.uint8)
     strength = np.multiply(contrast, mask, dtype=np.float32)  # 0 off the ink
     np.maximum(strength, np.float32(0.0), out=strength)  # contrast <= 255 already
-    return Ink(strength, labels, _boxes(ys, xs, which, kept.size), areas[kept].astype(np.int32))
+    return Ink(strength, labels, _boxes(ys, xs, which, kept.size), areas[kept].astype(np.int32), high)
 
 
 def _boxes(ys: np.ndarray, xs: np.ndarray, which: np.ndarray, count: int) -> np.ndarray:

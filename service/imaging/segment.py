@@ -6,12 +6,18 @@ The ink's connected pieces (ink.py) are grouped into digits:
    a 7 drawn in two strokes, a broken loop): digits side by side do not share columns, even
    with a gap of a few pixels between them, whatever their sizes and baselines; a fragment
    (much shorter than the digits) joins the digit it shares the most columns with;
-2. specks (a piece far smaller than the digits' height) join the digit nearest to them, or
+2. a fragment that shares no column with a digit (a slanted 1 lifted halfway, a 4's arm beside
+   its stem) joins its nearest neighbour, fragment or digit, when the gap between their boxes
+   is under half a digit's height: fragments of one digit find each other first, and what they
+   make is a digit when it is tall enough;
+3. specks (a piece far smaller than the digits' height) join the digit nearest to them, or
    are dropped when none is near;
-3. touching digits (best effort): a group much wider than the digits are tall is cut into as
-   many digits as its width suggests, each cut at the column with the least ink near where
-   an even split would put it. Two touching digits never crash the reading; they may be read
-   wrong when the cut misses their joint.
+4. touching digits (best effort): a group wider than a digit could be is grouped again from its
+   clearly dark cores alone (the faint edges of two blurred digits often touch where their
+   strokes do not), each faint pixel going to the nearest core; a group still much wider than
+   the digits are tall is cut into as many digits as its width suggests, each cut at the column
+   with the least ink near where an even split would put it. Two touching digits never crash
+   the reading; they may be read wrong when the cut misses their joint.
 
 Each digit's ink (only its own pieces, never a neighbour's stroke reaching into its box) then
 goes through the MNIST recipe of mnist.py.
@@ -22,6 +28,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from service.imaging.ink import Ink
@@ -36,11 +43,16 @@ Box = tuple[int, int, int, int]  # x, y, width, height
 # a group it shares any column with.
 _SAME_DIGIT_OVERLAP = 0.5
 _FRAGMENT = 0.6
+# A fragment sharing no column with a digit joins its nearest neighbour within this many
+# digit heights (the larger of the horizontal and the vertical gap between their boxes).
+_FRAGMENT_REACH = 0.5
 # A group both narrower and shorter than this fraction of the digits' height is a speck...
 _SPECK = 0.25
 # ...which joins a digit within this many digit heights, horizontally, or is dropped.
 _SPECK_REACH = 0.5
-# A group wider than this many times the digits' height holds touching digits...
+# A group wider than this many times the digits' height is grouped again from its cores...
+_SEPARATE_ASPECT = 1.2
+# ...and one wider than this many times holds touching digits...
 _TOUCHING_ASPECT = 2.0
 # ...about this many heights wide each; the cut is sought within this fraction of a digit.
 _DIGIT_ASPECT = 0.9
@@ -81,25 +93,63 @@ class _Group:
 def split_digits(ink: Ink, *, scale: float = 1.0) -> list[DigitImage]:
     """The ink of an image -> its digits left to right. `scale` maps the ink's pixels to the
     uploaded image's (decode.Luma.scale)."""
-    pieces = [_Group([k + 1], int(x), int(y), int(x + w), int(y + h)) for k, (x, y, w, h) in enumerate(ink.boxes)]
-    tallest = max(g.height for g in pieces)
-    typical = float(np.median([g.height for g in pieces if 2 * g.height >= tallest]))
-    groups = _merge_overlapping(pieces, _FRAGMENT * typical)
-    height = float(np.median([g.height for g in groups if not _is_speck(g, groups)] or [g.height for g in groups]))
-    groups = _attach_specks(groups, height)
+    groups, height = _grouped([_Group([k + 1], int(x), int(y), int(x + w), int(y + h)) for k, (x, y, w, h) in enumerate(ink.boxes)])
     digits: list[DigitImage] = []
     for group in sorted(groups, key=lambda g: g.left):
         region = ink.strength[group.top : group.bottom, group.left : group.right]
         own = np.isin(ink.labels[group.top : group.bottom, group.left : group.right], group.pieces)
         pixels = np.where(own, region, np.float32(0.0))  # [h,w]: this digit's ink only
-        for start, stop in _cuts(pixels, height):
-            part = pixels[:, start:stop]
-            rows = np.flatnonzero(part.any(axis=1))
-            if not rows.size:
-                continue
-            box = (group.left + start, group.top + int(rows[0]), stop - start, int(rows[-1] - rows[0] + 1))
-            digits.append(DigitImage(to_mnist(part), _scaled(box, scale)))
+        for offset, separated in _separated(pixels, ink.core, height):
+            for start, stop in _cuts(separated, height):
+                part = separated[:, start:stop]
+                rows = np.flatnonzero(part.any(axis=1))
+                if not rows.size:
+                    continue
+                box = (group.left + offset + start, group.top + int(rows[0]), stop - start, int(rows[-1] - rows[0] + 1))
+                digits.append(DigitImage(to_mnist(part), _scaled(box, scale)))
     return digits
+
+
+def _grouped(pieces: list[_Group]) -> tuple[list[_Group], float]:
+    """Pieces -> the groups that are digits, and the digits' typical height."""
+    # The digits' height from a first grouping by shared columns alone: a digit in two halves
+    # (a band lifted across its middle) would otherwise set the height to half a digit's.
+    first = _merge_overlapping([_Group(list(g.pieces), g.left, g.top, g.right, g.bottom) for g in pieces], 0.0)
+    tallest = max(g.height for g in first)
+    typical = float(np.median([g.height for g in first if 2 * g.height >= tallest]))
+    groups = _merge_overlapping(pieces, _FRAGMENT * typical)
+    groups = _join_nearest(groups, _FRAGMENT * typical, _FRAGMENT_REACH * typical)
+    height = float(np.median([g.height for g in groups if not _is_speck(g, groups)] or [g.height for g in groups]))
+    return _attach_specks(groups, height), height
+
+
+def _separated(pixels: np.ndarray, core: float, height: float) -> list[tuple[int, np.ndarray]]:
+    """A group's ink -> (first column, ink) of each digit its cores make (rule 4): the group
+    itself unless it is wider than a digit and its cores group into several digits."""
+    width = pixels.shape[1]
+    if width <= _SEPARATE_ASPECT * height:
+        return [(0, pixels)]
+    count, cores, stats, _ = cv2.connectedComponentsWithStats((pixels >= core).view(np.uint8), connectivity=8)
+    if count < 3:
+        return [(0, pixels)]
+    pieces = [_Group([k], int(x), int(y), int(x + w), int(y + h)) for k, (x, y, w, h, _) in enumerate(stats) if k]
+    groups, _ = _grouped(pieces)
+    if len(groups) < 2:
+        return [(0, pixels)]
+    # Every ink pixel belongs to its nearest core: the labels of the cores' zero-distance regions.
+    _, nearest = cv2.distanceTransformWithLabels(
+        (cores == 0).view(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_CCOMP
+    )
+    to_core = np.zeros(int(nearest.max()) + 1, np.int32)
+    to_core[nearest[cores > 0]] = cores[cores > 0]
+    owner = to_core[nearest]
+    parts = []
+    for group in sorted(groups, key=lambda g: g.left):
+        part = np.where(np.isin(owner, group.pieces), pixels, np.float32(0.0))
+        columns = np.flatnonzero(part.any(axis=0))
+        if columns.size:
+            parts.append((int(columns[0]), part[:, columns[0] : columns[-1] + 1]))
+    return parts
 
 
 def _merge_overlapping(groups: list[_Group], fragment: float) -> list[_Group]:
@@ -129,8 +179,35 @@ def _merge_overlapping(groups: list[_Group], fragment: float) -> list[_Group]:
         if best >= 0 and shared[best] > 0:
             whole[best].absorb(piece)
         else:
-            whole.append(piece)  # alone: a digit of its own, or a speck (see _attach_specks)
+            whole.append(piece)  # alone: see _join_nearest
     return whole
+
+
+def _join_nearest(groups: list[_Group], fragment: float, reach: float) -> list[_Group]:
+    """Each group still shorter than `fragment`, smallest first, joins its nearest group within
+    `reach` (rule 2); one with none that near stays alone (a speck, or a small digit)."""
+    groups = list(groups)
+    settled: set[int] = set()
+    while True:
+        short = [g for g in groups if g.height < fragment and id(g) not in settled]
+        if not short or len(groups) < 2:
+            return groups
+        piece = min(short, key=lambda g: g.height * g.width)
+        others = [g for g in groups if g is not piece]
+        gaps = [_gap(piece, g) for g in others]
+        nearest = int(np.argmin(gaps))
+        if gaps[nearest] <= reach:
+            others[nearest].absorb(piece)
+            groups = others
+        else:
+            settled.add(id(piece))
+
+
+def _gap(a: _Group, b: _Group) -> int:
+    """The gap between two boxes: the larger of the horizontal and the vertical one (0: touching)."""
+    across = max(a.left - b.right, b.left - a.right, 0)
+    down = max(a.top - b.bottom, b.top - a.bottom, 0)
+    return max(across, down)
 
 
 def _shared(a: _Group, b: _Group) -> int:

@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from fastapi.testclient import TestClient  # noqa: E402
 
@@ -36,7 +35,7 @@ from service import imaging  # noqa: E402
 from service.app import create_app  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from testkit import handwriting  # noqa: E402
-from training import datasets  # noqa: E402
+from training.download import load_split  # noqa: E402
 
 
 def _old_module(rev: str) -> object:
@@ -196,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     mnist = Path(args.mnist_dir)
     if not (mnist / "t10k-images-idx3-ubyte.gz").is_file():
         mnist = REPO / "tests" / "data" / "mnist-sample"
-    digits, labels = datasets.load_split("mnist", "test", mnist, verify=False, download_missing=False)
+    digits, labels = load_split("mnist", "test", mnist, verify=False, download_missing=False)
     print(f"MNIST test digits: {len(digits)} from {mnist.name}")
     old = _old_module(args.old_rev)
     session = ort.InferenceSession(str(REPO / "models" / "lenet5.onnx"), providers=["CPUExecutionProvider"])

@@ -87,9 +87,9 @@ def main() -> int:
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO))
-    from training import datasets
+    from training.download import load_split
 
-    images, _ = datasets.load_split("mnist", "test", REPO / "tests" / "data" / "mnist-sample", verify=False,
+    images, _ = load_split("mnist", "test", REPO / "tests" / "data" / "mnist-sample", verify=False,
                                     download_missing=False)
     variants = {"this": (REPO, False), "stock": (REPO, True)}
     if args.baseline is not None:

@@ -10,8 +10,9 @@ The paper's brightness is estimated on a thumbnail (64 to 128 pixels on the shor
 a morphological closing removes the strokes (anything darker and narrower than about a
 quarter of the shorter side), smoothly varying light (a gradient, a vignette) and a shadow's edge stay,
 and the estimate is scaled back up. Dividing by it turns a photo's uneven page into flat
-paper, on which one global threshold works; a clean canvas or scan is flat already and goes
-through unchanged. Filtering, morphology, thresholding and labelling are OpenCV's
+paper, on which one global threshold works. A drawing or a clean scan (no pixel noise, most
+of its pixels exactly the paper's level) is flat already: it skips the estimate, and the
+hysteresis too (its faint pixels are all a stroke's soft edge). Filtering, morphology, thresholding and labelling are OpenCV's
 (see the README for why OpenCV rather than scipy.ndimage).
 """
 
@@ -77,13 +78,26 @@ def find_ink(luma: np.ndarray) -> Ink:
     if image.ndim != 2 or image.size == 0:
         raise ValueError(f"find_ink expects a non-empty 2-D [H,W] array, got shape {image.shape}")
     small = min(image.shape) < _SMALL_SIDE
-    if not small and _pixel_noise(image) > _NOISY:
+    noise = _pixel_noise(image) if not small else None
+    if noise is not None and noise > _NOISY:
         image = cv2.GaussianBlur(image, (0, 0), _SMOOTH_SIGMA)
     thumb = _thumbnail(image)
     if not _dark_ink(image, thumb):
         image, thumb = np.float32(255.0) - image, np.float32(255.0) - thumb  # light ink: now dark
-    contrast = _flatten(image, thumb, small)
-    return _pieces(contrast, small)
+    level = _flat_paper(image, thumb) if noise == 0.0 else None
+    if level is not None:
+        contrast = np.float32(255.0) - image * np.float32(255.0 / level)
+        return _pieces(contrast, small, clean=True)
+    return _pieces(_flatten(image, thumb, small), small, clean=False)
+
+
+def _flat_paper(image: np.ndarray, thumb: np.ndarray) -> float | None:
+    """The paper's one level when at least half of the pixels have it exactly (a drawing, a
+    clean scan), else None. The thumbnail's median is that level when there is one."""
+    level = float(np.median(thumb))
+    if level < 1.0 or 2 * np.count_nonzero(image == np.float32(level)) < image.size:
+        return None
+    return level
 
 
 def _pixel_noise(image: np.ndarray) -> float:
@@ -156,14 +170,17 @@ def _flatten(image: np.ndarray, thumb: np.ndarray, small: bool) -> np.ndarray:
     return np.float32(255.0) - ratio
 
 
-def _pieces(contrast: np.ndarray, small: bool) -> Ink:
-    """Threshold the contrast and keep the connected pieces that are ink."""
+def _pieces(contrast: np.ndarray, small: bool, *, clean: bool) -> Ink:
+    """Threshold the contrast and keep the connected pieces that are ink. `clean`: the paper is
+    flat and noiseless, so every faint pixel is a stroke's edge."""
     high, low = _thresholds(contrast, small)
-    strong = (contrast > high).view(np.uint8)
-    # Hysteresis within reach: faint pixels count where they are near clearly dark ones (a
-    # stroke's soft edge), never a faint region (what is left of a shadow's edge) a stroke touches.
-    near = cv2.dilate(strong, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * _EDGE_REACH + 1,) * 2))
-    mask = near & (contrast > low).view(np.uint8)
+    mask = (contrast > low).view(np.uint8)
+    if not clean:
+        # Hysteresis within reach: faint pixels count where they are near clearly dark ones (a
+        # stroke's soft edge), never a faint region (what is left of a shadow's edge) a stroke
+        # touches.
+        strong = (contrast > high).view(np.uint8)
+        mask &= cv2.dilate(strong, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * _EDGE_REACH + 1,) * 2))
     # Labels only: OpenCV's labelling with statistics costs several times more than the labelling;
     # the statistics come from the ink's pixels alone (a small fraction of the image).
     count, labels = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
@@ -177,6 +194,8 @@ def _pieces(contrast: np.ndarray, small: bool) -> Ink:
     short = min(contrast.shape)
     min_area = max(4.0, _MIN_AREA_FRACTION * short * short) if not small else 1.0
     keep = areas >= min_area
+    if clean:  # without the hysteresis: a piece still needs one clearly dark pixel
+        keep &= np.bincount(which, weights=contrast[ys, xs] > high, minlength=count) > 0
     keep[0] = False  # the paper
     kept = np.flatnonzero(keep)
     if not kept.size:

@@ -85,3 +85,31 @@ def test_photos_of_empty_paper_are_blank() -> None:
         except NoInkError:
             refused += 1
     assert refused >= 18, f"only {refused} of 20 empty pages refused"
+
+
+def test_dark_ink_on_a_page_half_in_shadow(mnist_test_sample: tuple[np.ndarray, np.ndarray]) -> None:
+    """Grey paper whose median is below mid-grey because half the page lies in shadow: the lit
+    half is paper, not light ink on dark paper, so the dark digit is the ink."""
+    digits, _ = mnist_test_sample
+    for digit in digits[:10]:
+        page = _lit_page(digit, gradient=10.0, shadow=0.0) * 0.8  # paper about 136
+        page[:, :170] *= 0.7  # the left half in shadow: most of the page below mid-grey
+        ink = find_ink(page)
+        cols = np.flatnonzero(ink.strength.any(axis=0))
+        truth_cols = np.flatnonzero(np.kron(digit, np.ones((4, 4))).any(axis=0)) + 100
+        assert abs(cols[0] - truth_cols[0]) <= 4 and abs(cols[-1] - truth_cols[-1]) <= 4
+
+
+def test_a_faint_mark_on_a_clean_drawing_is_not_ink(mnist_test_sample: tuple[np.ndarray, np.ndarray]) -> None:
+    """On a noiseless drawing the hysteresis is skipped, yet a piece still needs a clearly dark
+    pixel: a faint smudge beside the digit is left out, the digit's soft edges are kept."""
+    digits, _ = mnist_test_sample
+    page = np.zeros((200, 280), np.float32)
+    page[40:152, 40:152] = np.kron(digits[0], np.ones((4, 4))).astype(np.float32)
+    page[60:100, 200:240] = 30.0  # a faint smudge, far from the digit
+    ink = find_ink(page)
+    assert len(ink.boxes) == 1
+    x, _, w, _ = ink.boxes[0]
+    assert x + w <= 152
+    edge = (page > 0) & (page < ink.core)  # the digit's anti-aliased edge pixels
+    assert ink.strength[40:152, 40:152][edge[40:152, 40:152]].any()

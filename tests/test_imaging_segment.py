@@ -102,3 +102,48 @@ def test_touching_digits_never_crash(mnist_test_sample: tuple[np.ndarray, np.nda
     assert 1 <= len(found) <= 3
     for digit in found:
         assert digit.pixels.shape == (28, 28) and digit.pixels.max() == pytest.approx(255.0)
+
+
+def test_a_slanted_one_lifted_halfway_stays_one(mnist_test_sample: tuple[np.ndarray, np.ndarray]) -> None:
+    """Two halves of a slanted stroke share no column: the upper half joins its nearest
+    neighbour (the lower half), not the digit beside it."""
+    digits, labels = mnist_test_sample
+    one = np.zeros((28, 28), np.uint8)
+    for row in range(4, 24):  # a stroke leaning right, 2 px wide, lifted at rows 12-14
+        if not 12 <= row <= 14:
+            col = 4 + (23 - row)
+            one[row, col : col + 2] = 255
+    three = digits[int(np.flatnonzero(labels == 3)[0])]
+    row = _row([one, three], gap=12)
+    ink = find_ink(row.astype(np.float32))
+    assert len(ink.boxes) >= 3
+    assert len(split_digits(ink)) == 2
+
+
+def test_digits_all_broken_in_halves_are_counted_right(mnist_test_sample: tuple[np.ndarray, np.ndarray]) -> None:
+    """Every digit lifted across its middle: the digits' height comes from the halves grouped
+    by their columns, so no half is taken for a whole digit."""
+    digits, _ = mnist_test_sample
+    broken = []
+    for digit in digits[10:14]:
+        rows = np.flatnonzero(digit.any(axis=1))
+        cut = digit.copy()
+        cut[rows[0] + len(rows) // 2 : rows[0] + len(rows) // 2 + 2] = 0
+        broken.append(cut)
+    assert len(read_number_bytes(_png(_row(broken, gap=14)))) == 4
+
+
+def test_blurred_digits_whose_edges_touch_are_two(mnist_test_sample: tuple[np.ndarray, np.ndarray]) -> None:
+    """Two digits a few pixels apart, blurred until their faint edges join into one piece: their
+    dark cores part them again."""
+    import cv2
+
+    digits, labels = mnist_test_sample
+    pair = [digits[int(np.flatnonzero(labels == d)[0])] for d in (4, 5)]
+    row = _row(pair, gap=2).astype(np.float32)
+    page = 230.0 - 0.75 * cv2.GaussianBlur(row, (0, 0), 2.5)  # dark ink on light paper
+    ink = find_ink(page)
+    assert len(ink.boxes) == 1  # the blur joined them...
+    found = split_digits(ink)
+    assert len(found) == 2  # ...and they are read as two
+    assert found[0].box[0] + found[0].box[2] <= found[1].box[0] + 4

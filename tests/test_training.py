@@ -123,7 +123,8 @@ def test_resume_continues_where_the_run_stopped(tmp_path: Path, monkeypatch: pyt
 
 def test_dry_run_produces_a_loadable_model_for_each_architecture(tmp_path: Path) -> None:
     for arch in ("mlp", "lenet5"):
-        results = train(tmp_path / arch, "--model", arch, "--dry-run", "--augment", "--optimizer", "nesterov",
+        results = train(tmp_path / arch, "--model", arch, "--dry-run", "--augment", "--augment-strokes",
+                        "--optimizer", "nesterov",
                         "--lr", "0.01", "--schedule", "cosine")
         assert results["parity"]["argmax_agreement"] == 1.0
         session = ort.InferenceSession(str(tmp_path / arch / f"{arch}.onnx"))
@@ -174,3 +175,29 @@ def test_export_command_writes_model_and_manifest(short_run: Path, tmp_path: Pat
 def test_missing_data_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="kaggle needs --csv"):
         cli.main(["train", "--dataset", "kaggle", "--out", str(tmp_path)])
+
+
+def test_stroke_augmentation_lifts_thickens_and_blurs_real_digits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--augment-strokes on real digits: a seed repeats it; with one distortion forced at a
+    time, ink is erased along a band (a lifted stroke), or the pen is broader."""
+    from training import train as train_module
+
+    images, _ = load_sample("test")
+    x = torch.from_numpy(images[:64].astype(np.float32)).unsqueeze(1)
+    first = train_module.augment_strokes(x, torch.Generator().manual_seed(5))
+    again = train_module.augment_strokes(x, torch.Generator().manual_seed(5))
+    assert first.shape == x.shape and torch.equal(first, again)
+    assert float(first.min()) >= 0.0 and float(first.max()) <= 255.0
+
+    def forced(lifted: float, thicker: float) -> torch.Tensor:
+        monkeypatch.setattr(train_module, "LIFTED_FRACTION", lifted)
+        monkeypatch.setattr(train_module, "THICKER_FRACTION", thicker)
+        monkeypatch.setattr(train_module, "BLURRED_FRACTION", 0.0)
+        return train_module.augment_strokes(x, torch.Generator().manual_seed(5))
+
+    out = forced(lifted=1.0, thicker=0.0)
+    assert bool((out <= x + 1e-4).all())  # only erased, never drawn
+    erased = ((x > 128) & (out < 32)).flatten(1).sum(1)
+    assert int((erased > 0).sum()) >= 56  # nearly every digit loses some ink along its band
+    out = forced(lifted=0.0, thicker=1.0)
+    assert bool(((out > 128).flatten(1).sum(1) > (x > 128).flatten(1).sum(1)).all())  # a broader pen

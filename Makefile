@@ -42,14 +42,15 @@ lint: $(VENV)/.all
 
 # The commands that produced the shipped models (see README "Reproducing the models").
 train-lenet5: $(VENV)/.all
-	$(BIN)/digits train --model lenet5 --augment --epochs 20 --lr 0.002 --dropout 0.1 --threads 1 \
-	  --out runs/lenet5 --name lenet5 $(TRAIN_ARGS)
-	$(BIN)/digits export runs/lenet5 --out models/lenet5.onnx --manifest models/manifest.json --default
+	$(BIN)/digits train --model lenet5 --augment --augment-strokes --epochs 30 --patience 100 --seed 1 \
+	  --lr 0.002 --dropout 0.1 --threads 1 --out runs/lenet5 --name lenet5 $(TRAIN_ARGS)
+	$(BIN)/digits export runs/lenet5 --out models/lenet5.onnx --manifest models/manifest.json --default \
+	  --readme README.md
 
 train-mlp: $(VENV)/.all
 	$(BIN)/digits train --model mlp --augment --epochs 30 --lr 0.002 --dropout 0.2 --threads 1 \
 	  --out runs/mlp --name mlp $(TRAIN_ARGS)
-	$(BIN)/digits export runs/mlp --out models/mlp.onnx --manifest models/manifest.json
+	$(BIN)/digits export runs/mlp --out models/mlp.onnx --manifest models/manifest.json --readme README.md
 
 train: train-lenet5 train-mlp
 

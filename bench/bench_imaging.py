@@ -1,15 +1,21 @@
 """Imaging benchmark: accuracy on generated handwriting and cost per image, side by side with the
 preprocessing this package replaced.
 
-    python bench/bench_imaging.py [--mnist-dir DIR] [--photos 500] [--numbers 300] [--old-rev REV]
+    python -m bench.bench_imaging [--mnist-dir DIR] [--photos 500] [--numbers 600] [--old-rev REV]
+                                  [--baseline-model ONNX]
 
 Sets (testkit/handwriting.py, MNIST *test* digits, fixed seeds): phone-style photos through
 POST /predict, photos of empty paper (must be refused), 2-6-digit numbers (half canvas, half
 photo) through POST /read, canvas-style and scan-style single digits. The old algorithm is
 service/preprocess.py at --old-rev, read with `git show` (it cannot read numbers). Accuracy uses
-the shipped LeNet-5. Costs are single-thread medians of preprocessing only (bytes in, model
-input out), old and new interleaved round by round; their ratio is the figure to compare. Last,
-the core operations of ink.py with OpenCV and with scipy.ndimage (if installed) on a 640x480 photo.
+the shipped LeNet-5; --baseline-model adds, in-process, another model's accuracy on the same
+photos, numbers and digits drawn with a lifted stroke (the model the shipped one replaced, say:
+`git show REV:models/lenet5.onnx > old.onnx`). Numbers count as read when every digit is right
+("exact"); "per digit" is the share of digits at their right place, and "digit errors" the edit
+distance (digits missed, added or wrong) per digit written. Costs are single-thread medians of
+preprocessing only (bytes in, model input out), old and new interleaved round by round; their
+ratio is the figure to compare. Last, the core operations of ink.py with OpenCV and with
+scipy.ndimage (if installed) on a 640x480 photo.
 """
 
 from __future__ import annotations
@@ -99,19 +105,67 @@ def _old_refused(old: object, samples: list[handwriting.Sample]) -> int:
     return count
 
 
-def _read_accuracy(client: TestClient, samples: list[handwriting.Sample]) -> tuple[float, float, dict[str, float]]:
-    """(exact numbers, right digits, exact by kind) through POST /read, one image a request."""
-    exact, digits_right, by_kind = 0, 0, {}
+def _http_reading(client: TestClient) -> Callable[[bytes], str]:
+    def read(data: bytes) -> str:
+        response = client.post("/read", content=data, headers={"content-type": "image/*"})
+        return str(response.json()["readings"][0]["text"]) if response.status_code == 200 else ""
+
+    return read
+
+
+def _local_reading(session: object) -> Callable[[bytes], str]:
+    def read(data: bytes) -> str:
+        try:
+            found = imaging.read_number_bytes(data)
+        except imaging.ImagingError:
+            return ""
+        inputs = np.stack([d.pixels for d in found])[:, None]
+        (probabilities,) = session.run(["probabilities"], {"pixels": inputs})  # type: ignore[attr-defined]
+        return "".join(str(int(k)) for k in probabilities.argmax(axis=1))
+
+    return read
+
+
+def _read_accuracy(
+    read: Callable[[bytes], str], samples: list[handwriting.Sample]
+) -> tuple[float, float, float, dict[str, float]]:
+    """(exact numbers, digits at their right place, digit errors per digit, exact by kind)."""
+    exact, digits_right, errors, by_kind = 0, 0, 0, {}
     for sample in samples:
-        response = client.post("/read", content=sample.data, headers={"content-type": "image/*"})
-        text = response.json()["readings"][0]["text"] if response.status_code == 200 else ""
+        text = read(sample.data)
         hit = text == sample.text
         exact += hit
         by_kind.setdefault(sample.kind, []).append(hit)
         if len(text) == len(sample.text):
             digits_right += sum(a == b for a, b in zip(text, sample.text, strict=True))
+        errors += _edit_distance(text, sample.text)
     total_digits = sum(len(s.text) for s in samples)
-    return exact / len(samples), digits_right / total_digits, {k: float(np.mean(v)) for k, v in by_kind.items()}
+    kinds = {k: float(np.mean(v)) for k, v in by_kind.items()}
+    return exact / len(samples), digits_right / total_digits, errors / total_digits, kinds
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Digits inserted, deleted or substituted to turn `a` into `b` (Levenshtein)."""
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        current = [i]
+        for j, y in enumerate(b, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
+def _local_accuracy(session: object, samples: list[handwriting.Sample]) -> float:
+    """Single digits in-process (refused ones count as wrong)."""
+    right = 0
+    for sample in samples:
+        try:
+            inputs = imaging.preprocess_image_bytes(sample.data)[None, None]
+        except imaging.ImagingError:
+            continue
+        (probabilities,) = session.run(["probabilities"], {"pixels": inputs})  # type: ignore[attr-defined]
+        right += int(probabilities.argmax()) == int(sample.text)
+    return right / len(samples)
 
 
 def _median_ms(functions: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
@@ -181,11 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mnist-dir", default=str(REPO.parent / "shared" / "data" / "mnist"),
                         help="MNIST IDX files (default: ../shared/data/mnist; else the tests/data sample)")
     parser.add_argument("--photos", type=int, default=500, help="photos of single digits (default 500)")
-    parser.add_argument("--numbers", type=int, default=300, help="numbers of 2-6 digits (default 300)")
+    parser.add_argument("--numbers", type=int, default=600, help="numbers of 2-6 digits (default 600)")
     parser.add_argument("--singles", type=int, default=300, help="canvas and scan digits each (default 300)")
     parser.add_argument("--rounds", type=int, default=200, help="timing rounds (default 200)")
     parser.add_argument("--old-rev", default="cf92c4b^", help="git revision holding service/preprocess.py "
                         "(default: the one before the imaging package)")
+    parser.add_argument("--baseline-model", type=Path, default=None,
+                        help="another LeNet-5 ONNX file to compare with the shipped one in-process (default: none)")
     args = parser.parse_args(argv)
 
     import cv2
@@ -203,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     photos = list(handwriting.photos(digits, labels, args.photos, seed=1))
     empty = list(handwriting.empty_photos(100, seed=2))
     numbers = list(handwriting.numbers(digits, labels, args.numbers, seed=3))
+    lifted = list(handwriting.canvases(digits, labels, args.singles, seed=9, lifted=True))
     canvases = list(handwriting.canvases(digits, labels, args.singles, seed=4))
     scans = list(handwriting.scans(digits, labels, args.singles, seed=5))
 
@@ -215,9 +272,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"  {before:7.1%} ({old_refused:3d} refused)")
         print(f"  empty paper    n={len(empty):4d}   {_refused(client, empty):3d} refused"
               f"          {_old_refused(old, empty):3d} refused")
-        exact, per_digit, by_kind = _read_accuracy(client, numbers)
+        exact, per_digit, errors, by_kind = _read_accuracy(_http_reading(client), numbers)
         kinds = ", ".join(f"{k} {v:.1%}" for k, v in sorted(by_kind.items()))
-        print(f"  numbers        n={len(numbers):4d}   exact {exact:.1%}, per digit {per_digit:.1%} ({kinds})")
+        print(f"  numbers        n={len(numbers):4d}   exact {exact:.1%}, per digit {per_digit:.1%}, "
+              f"digit errors {errors:.1%} ({kinds})")
+    if args.baseline_model is not None:
+        baseline = ort.InferenceSession(str(args.baseline_model), providers=["CPUExecutionProvider"])
+        print(f"\nin-process, the shipped LeNet-5 and {args.baseline_model.name} (same preprocessing)")
+        for name, model in (("shipped", session), ("baseline", baseline)):
+            exact, per_digit, errors, _ = _read_accuracy(_local_reading(model), numbers)
+            print(f"  {name:9s} photos {_local_accuracy(model, photos):6.1%}   lifted-stroke digits "
+                  f"{_local_accuracy(model, lifted):6.1%}   numbers exact {exact:.1%}, per digit {per_digit:.1%}, "
+                  f"digit errors {errors:.1%}")
 
     canvas = next(s for s in handwriting.canvases(digits, labels, 50, seed=6) if _size(s.data) == (280, 280))
     photo = _as_640x480(next(handwriting.photos(digits, labels, 1, seed=7)))

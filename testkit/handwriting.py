@@ -71,15 +71,19 @@ def empty_photos(count: int, seed: int) -> Iterator[Sample]:
         yield Sample(_photo(np.zeros((height, width), np.float32), rng), "", (), "empty photo")
 
 
-def canvases(digits: np.ndarray, labels: np.ndarray, count: int, seed: int) -> Iterator[Sample]:
-    """`count` drawing-pad exports of single digits (see the module docstring)."""
+def canvases(
+    digits: np.ndarray, labels: np.ndarray, count: int, seed: int, *, lifted: bool = False
+) -> Iterator[Sample]:
+    """`count` drawing-pad exports of single digits (see the module docstring); `lifted`: each
+    digit drawn in two pieces, a stroke broken across as in `numbers`."""
     rng = np.random.default_rng(seed)
     for _ in range(count):
         i = int(rng.integers(len(digits)))
         side = int(rng.choice([200, 280, 400]))
-        ink = _stroked(_scaled(_crop(digits[i]), rng.uniform(0.4, 0.9) * side / 20.0))
+        digit = _broken(digits[i], rng) if lifted else digits[i]
+        ink = _stroked(_scaled(_crop(digit), rng.uniform(0.4, 0.9) * side / 20.0))
         alpha, box = _placed(ink, (side, side), rng)
-        yield Sample(_canvas(alpha, rng), str(int(labels[i])), (box,), "canvas")
+        yield Sample(_canvas(alpha, rng), str(int(labels[i])), (box,), "lifted canvas" if lifted else "canvas")
 
 
 def scans(digits: np.ndarray, labels: np.ndarray, count: int, seed: int) -> Iterator[Sample]:

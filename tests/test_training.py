@@ -159,11 +159,16 @@ def test_kaggle_csv_training_writes_a_valid_model_and_submission(tmp_path: Path)
 
 
 def test_export_command_writes_model_and_manifest(short_run: Path, tmp_path: Path, capsys) -> None:
+    from training.model_table import BEGIN, END
+
     manifest = tmp_path / "models" / "manifest.json"
     out = tmp_path / "models" / "digits.onnx"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Models\n{BEGIN}\n{END}\n")
     assert cli.main(["export", str(short_run), "--out", str(out), "--name", "digits", "--version", "3",
-                     "--manifest", str(manifest), "--parity-data", str(SAMPLE)]) == 0
+                     "--manifest", str(manifest), "--parity-data", str(SAMPLE), "--readme", str(readme)]) == 0
     assert "argmax agreement 100.00%" in capsys.readouterr().out
+    assert "| `digits` (default) | LeNet-5, ReLU, max pooling" in readme.read_text()
     doc = json.loads(manifest.read_text())
     (entry,) = doc["models"]
     assert doc["default_model"] == "digits"

@@ -241,6 +241,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default", action="store_true",
                         help="make this model the manifest's default (the first model added is the default)")
     parser.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="README whose models table to rewrite from the manifest after the export (needs --manifest; "
+        "the shipped one is README.md; default: leave READMEs alone)",
+    )
+    parser.add_argument(
         "--parity-data",
         type=Path,
         default=None,
@@ -250,8 +257,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from training import download
+    from training import download, model_table
 
+    if args.readme is not None and args.manifest is None:
+        raise SystemExit("digits export: --readme writes the models table from the manifest: give --manifest too")
     images = None
     if args.parity_data is not None:
         images, _ = download.load_split("mnist", "test", args.parity_data, verify=False, download_missing=False)
@@ -261,6 +270,9 @@ def main(args: argparse.Namespace) -> int:
         make_default=args.default,
     )
     print(f"wrote {out} ({out.stat().st_size:,} bytes, sha256 {sha256_of(out)})")
+    if args.readme is not None:
+        model_table.update_readme(args.readme, args.manifest)
+        print(f"rewrote the models table of {args.readme} from {args.manifest}")
     if report is not None:
         print(report)
     return 0

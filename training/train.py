@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import logging
 import math
+import operator
 import shlex
 import sys
 import time
@@ -87,8 +89,10 @@ def augment_strokes(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     kernel = torch.exp(-(taps**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum(-1, keepdim=True)  # (N,1,1,5): one 1-D Gaussian per image
     padded = F.pad(x, (2, 2, 2, 2))
-    rows = sum(padded[..., :, k : k + width] * kernel[..., k : k + 1] for k in range(5))
-    blurred = sum(rows[..., k : k + height, :] * kernel[..., k : k + 1].transpose(-1, -2) for k in range(5))
+    rows = functools.reduce(operator.add, [padded[..., :, k : k + width] * kernel[..., k : k + 1] for k in range(5)])
+    blurred = functools.reduce(
+        operator.add, [rows[..., k : k + height, :] * kernel[..., k : k + 1].transpose(-1, -2) for k in range(5)]
+    )
     x = torch.where(chosen(BLURRED_FRACTION), blurred, x)
     ys = torch.arange(height, dtype=x.dtype).view(1, height, 1)
     xs = torch.arange(width, dtype=x.dtype).view(1, 1, width)

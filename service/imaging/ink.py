@@ -12,8 +12,8 @@ quarter of the shorter side), smoothly varying light (a gradient, a vignette) an
 and the estimate is scaled back up. Dividing by it turns a photo's uneven page into flat
 paper, on which one global threshold works. A drawing or a clean scan (no pixel noise, most
 of its pixels exactly the paper's level) is flat already: it skips the estimate, and the
-hysteresis too (its faint pixels are all a stroke's soft edge). Filtering, morphology, thresholding and labelling are OpenCV's
-(see the README for why OpenCV rather than scipy.ndimage).
+hysteresis too (its faint pixels are all a stroke's soft edge). Filtering, morphology,
+thresholding and labelling are OpenCV's (see the README for why OpenCV rather than scipy.ndimage).
 """
 
 from __future__ import annotations
@@ -174,13 +174,14 @@ def _pieces(contrast: np.ndarray, small: bool, *, clean: bool) -> Ink:
     """Threshold the contrast and keep the connected pieces that are ink. `clean`: the paper is
     flat and noiseless, so every faint pixel is a stroke's edge."""
     high, low = _thresholds(contrast, small)
-    mask = (contrast > low).view(np.uint8)
+    mask: np.ndarray = (contrast > low).view(np.uint8)
     if not clean:
         # Hysteresis within reach: faint pixels count where they are near clearly dark ones (a
         # stroke's soft edge), never a faint region (what is left of a shadow's edge) a stroke
         # touches.
         strong = (contrast > high).view(np.uint8)
-        mask &= cv2.dilate(strong, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * _EDGE_REACH + 1,) * 2))
+        near = cv2.dilate(strong, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * _EDGE_REACH + 1,) * 2))
+        mask = cv2.bitwise_and(mask, near)
     # Labels only: OpenCV's labelling with statistics costs several times more than the labelling;
     # the statistics come from the ink's pixels alone (a small fraction of the image).
     count, labels = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)

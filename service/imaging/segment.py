@@ -93,7 +93,8 @@ class _Group:
 def split_digits(ink: Ink, *, scale: float = 1.0) -> list[DigitImage]:
     """The ink of an image -> its digits left to right. `scale` maps the ink's pixels to the
     uploaded image's (decode.Luma.scale)."""
-    groups, height = _grouped([_Group([k + 1], int(x), int(y), int(x + w), int(y + h)) for k, (x, y, w, h) in enumerate(ink.boxes)])
+    pieces = [_Group([k + 1], int(x), int(y), int(x + w), int(y + h)) for k, (x, y, w, h) in enumerate(ink.boxes)]
+    groups, height = _grouped(pieces)
     digits: list[DigitImage] = []
     for group in sorted(groups, key=lambda g: g.left):
         region = ink.strength[group.top : group.bottom, group.left : group.right]

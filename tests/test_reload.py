@@ -4,6 +4,7 @@ while the old version keeps serving, and lose no request while they do it."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import shutil
 import signal
 import threading
@@ -23,6 +24,11 @@ from testkit.live_server import LiveServer, install_model, wait_until
 
 KEY = "reload-test-key"
 AUTH = {"X-API-Key": KEY}
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = next(m["version"] for m in json.loads((ROOT / "models" / "manifest.json").read_text())["models"]
+               if m["name"] == "lenet5")  # the shipped LeNet-5's version
+NEXT = str(int(SHIPPED) + 1)  # the version a test installs over it
 
 
 def sha_of(client: TestClient | httpx.Client, name: str) -> str:
@@ -92,16 +98,16 @@ def predicted(client: TestClient | httpx.Client, images: np.ndarray, model: str 
 def test_loading_a_new_valid_file_swaps_it_in(managed, models_copy, both_right) -> None:
     images, labels = both_right
     old = sha_of(managed, "lenet5")
-    new = install_model(models_copy, "lenet5", (models_copy / "mlp.onnx").read_bytes(), version="2")
+    new = install_model(models_copy, "lenet5", (models_copy / "mlp.onnx").read_bytes(), version=NEXT)
     assert sha_of(managed, "lenet5") == old  # nothing changes until asked
     response = managed.post("/v2/repository/models/lenet5/load", headers=AUTH)
     assert response.status_code == 200, response.text
-    assert response.json() == {"name": "lenet5", "version": "2", "sha256": new, "state": "READY"}
+    assert response.json() == {"name": "lenet5", "version": NEXT, "sha256": new, "state": "READY"}
     (model,) = [m for m in managed.get("/models").json()["models"] if m["name"] == "lenet5"]
-    assert model["sha256"] == new and model["architecture"] == "mlp" and model["version"] == "2"
-    assert managed.get("/v2/models/lenet5").json()["versions"] == ["2"]
+    assert model["sha256"] == new and model["architecture"] == "mlp" and model["version"] == NEXT
+    assert managed.get("/v2/models/lenet5").json()["versions"] == [NEXT]
     answer = managed.post("/predict", headers=AUTH, json={"pixels": images.tolist()}).json()
-    assert answer["version"] == "2" and [p["digit"] for p in answer["predictions"]] == labels.tolist()
+    assert answer["version"] == NEXT and [p["digit"] for p in answer["predictions"]] == labels.tolist()
     assert managed.get("/readyz").status_code == 200
 
 
@@ -125,14 +131,14 @@ def test_a_bad_file_is_refused_with_400_and_the_old_model_keeps_serving(
     else:  # the manifest matches the file, which is no servable model
         blob = {"garbage": b"\x08\x01not an onnx model" * 64, "empty": b"",
                 "contract": onnx_bytes(input_name="x"), "fails_at_warmup": onnx_bytes(fail_at_runtime=True)}[fault]
-        install_model(models_copy, "lenet5", blob, version="2")
+        install_model(models_copy, "lenet5", blob, version=NEXT)
     response = managed.post("/v2/repository/models/lenet5/load", headers=AUTH)
     assert response.status_code == 400, response.text
     detail = response.json()["detail"]
     assert message in detail and "lenet5" in detail and "the loaded version keeps serving" in detail
     assert sha_of(managed, "lenet5") == old
     answer = managed.post("/predict", headers=AUTH, json={"pixels": images.tolist()}).json()
-    assert answer["version"] == "1" and [p["digit"] for p in answer["predictions"]] == labels.tolist()
+    assert answer["version"] == SHIPPED and [p["digit"] for p in answer["predictions"]] == labels.tolist()
     assert managed.get("/readyz").status_code == 200
 
 
@@ -193,14 +199,14 @@ def test_requests_queued_during_a_swap_finish_on_the_model_they_started_with(mod
     with TestClient(app) as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
         queued = pool.submit(client.post, "/predict", headers=AUTH, json={"pixels": images[:8].tolist()})
         assert wait_until(lambda: app.state.registry.served["lenet5"].batcher.pending == 8, timeout_s=10)
-        install_model(models_copy, "lenet5", (models_copy / "mlp.onnx").read_bytes(), version="2")
+        install_model(models_copy, "lenet5", (models_copy / "mlp.onnx").read_bytes(), version=NEXT)
         assert not queued.done()
         swap = client.post("/v2/repository/models/lenet5/load", headers=AUTH)  # returns once the old drained
         assert swap.status_code == 200
         first = queued.result(timeout=10).json()
-        assert first["version"] == "1" and [p["digit"] for p in first["predictions"]] == labels[:8].tolist()
+        assert first["version"] == SHIPPED and [p["digit"] for p in first["predictions"]] == labels[:8].tolist()
         answer = client.post("/predict", headers=AUTH, json={"pixels": images[:8].tolist()}).json()
-        assert answer["version"] == "2" and [p["digit"] for p in answer["predictions"]] == labels[:8].tolist()
+        assert answer["version"] == NEXT and [p["digit"] for p in answer["predictions"]] == labels[:8].tolist()
 
 
 # --- a live process ----------------------------------------------------------------------------------------
@@ -210,7 +216,7 @@ def test_sighup_reloads_every_model_from_disk(models_dir, models_copy, both_righ
     images, labels = both_right
     with LiveServer(models_copy) as server, httpx.Client(base_url=server.url, timeout=10) as http:
         old, mlp_before = sha_of(http, "lenet5"), sha_of(http, "mlp")
-        new = install_model(models_copy, "lenet5", (models_dir / "mlp.onnx").read_bytes(), version="2")
+        new = install_model(models_copy, "lenet5", (models_dir / "mlp.onnx").read_bytes(), version=NEXT)
         install_model(models_copy, "mlp", b"\x08\x01corrupt" * 32)  # refused: mlp keeps its old version
         assert sha_of(http, "lenet5") == old  # nothing changes until the signal
         server.signal(signal.SIGHUP)
@@ -218,7 +224,7 @@ def test_sighup_reloads_every_model_from_disk(models_dir, models_copy, both_righ
         assert wait_until(lambda: "reload of mlp rejected" in server.log(), timeout_s=30), server.log()
         assert sha_of(http, "mlp") == mlp_before
         answer = http.post("/predict", json={"pixels": images.tolist()}).json()
-        assert answer["version"] == "2" and [p["digit"] for p in answer["predictions"]] == labels.tolist()
+        assert answer["version"] == NEXT and [p["digit"] for p in answer["predictions"]] == labels.tolist()
         assert predicted(http, images, "mlp") == labels.tolist()
         assert http.get("/readyz").status_code == 200 and server.proc is not None and server.proc.poll() is None
 
@@ -263,7 +269,7 @@ def test_reloads_under_steady_load_lose_no_request(models_dir, models_copy, both
                     if n == 3:  # the corrupt file: refused, the serving version stays
                         install_model(models_copy, "lenet5", b"\x08\x01corrupt" * 32, version="bad")
                     else:
-                        install_model(models_copy, "lenet5", blobs[n % 2], version=str(n + 2))
+                        install_model(models_copy, "lenet5", blobs[n % 2], version=str(n + 10))
                     response = admin.post("/v2/repository/models/lenet5/load")
                     loads.append((response.status_code, response.json().get("version", "")))
                 time.sleep(max(0.0, deadline - time.monotonic()))

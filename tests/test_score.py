@@ -456,3 +456,46 @@ def test_ordered_map_keeps_the_input_order_with_a_bounded_window() -> None:
             in_flight.pop(0)
     assert results == [i * i for i in range(40)]
     assert peak <= 5
+
+
+# --- the default settings -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_cores", [1, 2, 4, 16])
+def test_default_rule_one_inference_thread_per_core_for_arrays_and_one_for_image_files(
+    tmp_path: Path, n_cores: int
+) -> None:
+    from clients.score import DEFAULT_BATCH_LOCAL, DEFAULT_BATCH_RAY, DEFAULT_BATCH_REMOTE, Settings, default_settings
+
+    folder = write_pngs(tmp_path / "pngs", np.zeros((3, 28, 28), np.uint8))
+    arrays = plan_inputs([str(IDX_IMAGES)])
+    mixed = plan_inputs([str(folder), str(IDX_IMAGES)])
+    images = plan_inputs([str(folder)])
+    assert default_settings(arrays, n_cores) == Settings(n_cores, DEFAULT_BATCH_LOCAL, None)
+    assert default_settings(mixed, n_cores) == Settings(n_cores, DEFAULT_BATCH_LOCAL, None)
+    assert default_settings(images, n_cores) == Settings(1, DEFAULT_BATCH_LOCAL, None)
+    assert default_settings(arrays, n_cores, remote=True) == Settings(1, DEFAULT_BATCH_REMOTE, 0)
+    assert default_settings(arrays, n_cores, engine="ray") == Settings(1, DEFAULT_BATCH_RAY, 0)
+
+
+def test_several_inference_threads_give_the_results_in_input_order(models_dir: Path) -> None:
+    from clients.batches import Batch
+    from clients.score import LocalScorer, load_local_model
+
+    model = load_local_model(None, models_dir, device="cpu", threads=1, batch_size=1)
+    images = np.asarray(np.random.default_rng(0).integers(0, 256, (300, 28, 28)), np.uint8)
+    _, reference = model.run(images.astype(np.float32).reshape(-1, 1, 28, 28))
+
+    def batches(size: int) -> Iterator[Batch]:
+        for start in range(0, len(images), size):
+            part = images[start : start + size]
+            yield Batch([str(i) for i in range(start, start + len(part))], np.arange(start, start + len(part)), None,
+                        pixels=part)
+
+    for streams, size in ((1, 300), (2, 7), (3, 64), (4, 1)):
+        scorer = LocalScorer(model, streams)
+        scored = list(scorer.map(scorer.prepare(batch) for batch in batches(size)))
+        assert [name for s in scored for name in s.batch.names] == [str(i) for i in range(len(images))]
+        np.testing.assert_allclose(np.concatenate([s.probabilities for s in scored]), reference, atol=1e-6)
+    with pytest.raises(ValueError, match="at least 1"):
+        LocalScorer(model, 0)

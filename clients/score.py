@@ -4,7 +4,8 @@
              --> output rows (csv | jsonl | kaggle), confusion matrix, progress bar
 
 Local mode runs the model in-process with ONNX Runtime, loaded and verified through
-``service.runtime`` exactly as the service loads it; remote mode (``--url``) sends the
+``service.runtime`` exactly as the service loads it, several batches at once on several cores;
+remote mode (``--url``) sends the
 batches to a running service (see ``clients.remote``). Both write the same output.
 
 Reading (image files: decoding, in worker processes), scoring and writing overlap, each in
@@ -18,6 +19,7 @@ import argparse
 import contextlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -49,8 +51,7 @@ DEFAULT_BATCH_RAY = 1024  # large batches amortise Ray's per-batch scheduling an
 DEFAULT_BATCH_REMOTE = 256  # the service's default limit of images per request (max_images_per_request)
 DEFAULT_CONCURRENCY = 2  # 2 x 256 images fill the service's default queue (512) without overflowing it
 MAX_ERRORS_SHOWN = 50  # bad inputs listed one by one; the summary counts all of them
-QUEUE_DEPTH = 4  # batches read ahead of inference, at least
-READ_AHEAD_IMAGES = 4096  # and up to this many images: reading starts while the model loads (see _run)
+QUEUE_DEPTH = 4  # batches read ahead of inference
 
 
 def _positive(text: str) -> int:
@@ -126,7 +127,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="no progress bar (default: a progress bar with images/s when standard error is a terminal)")
     add("--verbose", action="store_true",
         help="also print the settings chosen and each pipeline stage's busy share of the run's wall time "
-             "(read, preprocess, inference, write): the busiest stage bounds the speed (default: off)")
+             "(read, preprocess, inference, write; local inference: ONNX Runtime's CPU time per inference "
+             "thread): the busiest stage bounds the speed (default: off)")
 
     add = parser.add_argument_group("model").add_argument
     add("--model", default=None, metavar="NAME",
@@ -200,6 +202,8 @@ class LocalScorer:
             raise ValueError(f"streams must be at least 1, got {streams}")
         self.model = model
         self.streams = streams
+        self.busy_s = 0.0  # CPU seconds in ONNX Runtime during the latest ``map``, all inference threads together
+        self._lock = threading.Lock()
 
     def prepare(self, batch: Batch) -> Batch:
         """uint8/float32 [n, 28, 28] -> the model's float32 [n, 1, 28, 28]."""
@@ -209,13 +213,19 @@ class LocalScorer:
 
     def score(self, batch: Batch) -> Scored:
         if len(batch) and batch.pixels is not None:
+            # CPU time of this thread, which runs the model itself (one ONNX Runtime thread): wall time would
+            # count the wait for the GIL after each run, while the reading thread parses
+            start = time.thread_time()
             _, probabilities = self.model.run(batch.pixels)
+            with self._lock:
+                self.busy_s += time.thread_time() - start
         else:
             probabilities = np.empty((0, self.model.num_classes), np.float32)
         batch.pixels = None  # the rows and metrics need only the names, labels and probabilities
         return Scored(batch, probabilities, batch.errors)
 
     def map(self, batches: Iterable[Batch]) -> Iterator[Scored]:
+        self.busy_s = 0.0
         if self.streams == 1:
             yield from map(self.score, batches)
             return
@@ -354,7 +364,7 @@ def score_inputs(
     """Read, score and write every input; the stages overlap, each in its own thread:
 
         reading thread:  iter_batches -> scorer.prepare  (image files: decoded here or by worker processes)
-        scoring thread:  scorer.map (ONNX Runtime, or HTTP requests)
+        scoring thread:  scorer.map (ONNX Runtime in --threads inference threads, or HTTP requests)
         this thread:     output rows, confusion matrix, progress bar
 
     with at most QUEUE_DEPTH batches waiting between two stages. Each stage's busy time is
@@ -378,6 +388,10 @@ def score_inputs(
                 yield scored
         # the scoring thread's time includes its waits for the reader: keep its own work only
         clock.add("inference", -clock.busy.pop("inference (waiting)", 0.0))
+        if isinstance(scorer, LocalScorer):
+            # its inference threads timed their own runs: a truer figure than the scoring thread's waits
+            # for them, which include waits for the GIL while the reading thread parses
+            clock.busy["inference"] = scorer.busy_s / scorer.streams
 
     return write_results(results(), plan, formatter, out, reporter, progress, clock)
 

@@ -241,7 +241,10 @@ def _kind(path: Path, explicit: bool) -> str:
         return "image"
     if suffix == ".csv":
         return "csv"
-    if suffix in image_suffixes():
+    # IDX files' usual names end in "-ubyte", ".idx*" or ".gz", never an image suffix: they skip the lookup,
+    # which imports Pillow (and its plugins), so that an IDX run starts without it
+    idx_like = suffix in ("", ".gz") or "ubyte" in suffix or suffix.startswith(".idx")
+    if not idx_like and suffix in image_suffixes():
         return "image"
     try:
         with _open_maybe_gzip(path) as f:

@@ -378,6 +378,22 @@ def test_scoring_never_imports_torch_and_the_local_engine_never_imports_ray(
     assert not {m for m in imported if m.split(".")[0] in ("torch", "ray")}
 
 
+def test_an_idx_or_csv_run_starts_without_the_service_s_web_and_image_modules(
+    tmp_path: Path, models_dir: Path, mnist_test_sample
+) -> None:
+    test_csv = tmp_path / "test.csv"
+    write_kaggle_csv(test_csv, mnist_test_sample[0][:50])
+    argv = ["score", "--quiet", "--models-dir", str(models_dir), str(test_csv), str(IDX_IMAGES),
+            "--format", "kaggle", "--out", str(tmp_path / "submission.csv")]
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "cli", *argv], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "onnxruntime" in imported
+    heavy = ("pydantic", "pydantic_settings", "fastapi", "starlette", "cv2", "PIL", "tqdm", "multiprocessing", "torch")
+    assert not {m for m in imported if m.split(".")[0] in heavy}
+
+
 def test_help_explains_every_option_with_its_default() -> None:
     parser = cli.build_parser(["score"])
     score_parser = next(

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from subprocess import run
 
@@ -134,6 +135,7 @@ def bench_idx(args: argparse.Namespace, table: Table, tmp: Path) -> LoadedModel:
         raw_model = load_local_model(args.model, args.models_dir, device="cpu", threads=threads,
                                      batch_size=max(BATCH_SIZES))
         contenders: dict[str, tuple[LocalScorer, int]] = {"": (LocalScorer(model, threads), default.batch_size)}
+        pool = ThreadPoolExecutor(threads)
         if threads > 1:  # the previous default: one batch of 1024 shared out across intra-op threads
             intra_op = load_local_model(args.model, args.models_dir, device="cpu", threads=threads, batch_size=1024,
                                         spinning=False)
@@ -146,11 +148,17 @@ def bench_idx(args: argparse.Namespace, table: Table, tmp: Path) -> LoadedModel:
             for start in range(0, n, size):
                 model.run(x[start : start + size])
 
+        def raw_batches(size: int = default.batch_size, pool: ThreadPoolExecutor = pool) -> None:  # one per thread
+            list(pool.map(lambda start: model.run(x[start : start + size]), range(0, n, size)))
+
         raw_runs: dict[int, list[float]] = {size: [] for size in BATCH_SIZES}
         pipe_runs: dict[tuple[str, str], list[float]] = {}
+        batch_runs: list[float] = []
         for _ in range(args.repeats):
             for batch in BATCH_SIZES:
                 raw_runs[batch].append(timed(lambda batch=batch: raw(batch)))
+            if threads > 1:
+                batch_runs.append(timed(raw_batches))
             for kind, plan in plans.items():
                 for note, (scorer, size) in contenders.items():
                     pipe_runs.setdefault((kind, note), []).append(
@@ -162,6 +170,11 @@ def bench_idx(args: argparse.Namespace, table: Table, tmp: Path) -> LoadedModel:
                   raw_rate)
         print("    raw by batch size: " + ", ".join(f"{batch}: {best_rate(n, raw_runs[batch]):,.0f}"
                                                     for batch in BATCH_SIZES))
+        if batch_runs:
+            table.add(f"raw ONNX Runtime, {threads} threads each running its own batches of {default.batch_size} "
+                      "(one intra-op thread), in memory", best_rate(n, batch_runs), f"raw, {threads} thread(s)",
+                      min(raw_runs[best_size]) / min(batch_runs))
+        pool.shutdown()
         is_default = " (the default here)" if threads == default.threads else ""
         for (kind, note), runs in pipe_runs.items():
             rate = best_rate(n, runs)
@@ -200,9 +213,13 @@ def cli_rate(argv: list[str]) -> float:
 
 def command_env() -> dict[str, str]:
     """The environment of a `digits score` command: this one, with Python's bytecode cache on, as an installed
-    command runs (pip compiles it at install time); a shell with PYTHONDONTWRITEBYTECODE=1 set would make every
-    command compile the project's modules again (about 40 ms of start-up on two cores)."""
-    return {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+    command runs (pip compiles it at install time; a shell with PYTHONDONTWRITEBYTECODE=1 set would make every
+    command compile the project's modules again, about 40 ms of start-up on two cores), and this checkout first
+    on the path, so that decoding worker processes import its modules even where an editable install of
+    another checkout is on the path."""
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return env
 
 
 def best_cli_rates(args: argparse.Namespace, contenders: dict[str, list[str]], out: Path) -> dict[str, float]:

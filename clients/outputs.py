@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import orjson
 
 from core.files import atomic_write
 
@@ -126,6 +125,8 @@ class RowFormatter:
         return "".join([f"{a}{b}{c}{d}{e}{f}" for a, b, c, d, e, f in pieces])
 
     def _jsonl(self, names: Sequence[str], digits: list[int], probabilities: np.ndarray, truths: list[int]) -> str:
+        import orjson  # here: a CSV run starts without it
+
         rounded = np.round(probabilities.astype(np.float64), _DECIMALS).tolist()
         lines = []
         for name, d, t, p in zip(names, digits, truths, rounded, strict=True):

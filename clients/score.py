@@ -4,8 +4,9 @@
              --> output rows (csv | jsonl | kaggle), confusion matrix, progress bar
 
 Local mode runs the model in-process with ONNX Runtime, loaded and verified through
-``service.runtime`` exactly as the service loads it; remote mode (``--url``) sends the
-batches to a running service (see ``clients.remote``). Both write the same output.
+``service.runtime`` exactly as the service loads it, several batches at once on several cores;
+remote mode (``--url``) sends the batches to a running service (see ``clients.remote``). Both
+write the same output.
 
 Reading (image files: decoding, in worker processes), scoring and writing overlap, each in
 its own thread with a bounded queue between them (see ``score_inputs``), so an input of any
@@ -18,19 +19,20 @@ import argparse
 import contextlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from tqdm import tqdm
 
 from clients.batches import Batch, InputError, Scored
 from clients.outputs import FORMATS, RowFormatter, default_format, open_output
-from clients.pipeline import Prefetcher, StageClock
+from clients.pipeline import Prefetcher, StageClock, ordered_map
 from clients.sources import ImageFiles, Plan, ReadOptions, UsageError, cores, iter_batches, plan_inputs
 from core.metrics import confusion_matrix, format_report
 from core.plots import PlottingUnavailable, require_matplotlib
@@ -38,17 +40,19 @@ from core.plots import PlottingUnavailable, require_matplotlib
 if TYPE_CHECKING:
     from service.runtime import LoadedModel
 
-# Measured in bench/bench_score.py: one ONNX Runtime thread is fastest on small batches that stay in
-# the CPU caches; several threads need large batches to share out.
 # The serve extra's packages this command imports where it needs them (the CLI checks them up front).
 REQUIRES = ("onnxruntime", "PIL", "cv2", "httpx")
 
-DEFAULT_BATCH_ONE_THREAD = 128
-DEFAULT_BATCH_LOCAL = 1024
+# Measured in bench/bench_score.py: batches of 128 images stay in the CPU caches and are the fastest per image;
+# several cores are used by scoring several such batches at once (one ONNX Runtime thread each), which beats
+# sharing out one large batch across ONNX Runtime's threads.
+DEFAULT_BATCH_LOCAL = 128
+DEFAULT_BATCH_RAY = 1024  # large batches amortise Ray's per-batch scheduling and object-store copies
 DEFAULT_BATCH_REMOTE = 256  # the service's default limit of images per request (max_images_per_request)
 DEFAULT_CONCURRENCY = 2  # 2 x 256 images fill the service's default queue (512) without overflowing it
 MAX_ERRORS_SHOWN = 50  # bad inputs listed one by one; the summary counts all of them
-QUEUE_DEPTH = 4  # batches read ahead of inference
+QUEUE_DEPTH = 4  # batches waiting between two stages, at least
+QUEUE_IMAGES = 2048  # and up to this many: 16 batches of 128 (IDX test set, loaded 2 cores: 45k -> 54k images/s)
 
 
 def _positive(text: str) -> int:
@@ -66,7 +70,7 @@ def _non_negative(text: str) -> int:
 
 
 def _default_models_dir() -> Path:
-    from service.settings import REPO_MODELS_DIR
+    from service.runtime import REPO_MODELS_DIR  # not service.settings: pydantic costs 0.1 s of start-up
 
     return Path(os.environ.get("DIGITS_MODELS_DIR") or REPO_MODELS_DIR)
 
@@ -124,16 +128,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="no progress bar (default: a progress bar with images/s when standard error is a terminal)")
     add("--verbose", action="store_true",
         help="also print the settings chosen and each pipeline stage's busy share of the run's wall time "
-             "(read, preprocess, inference, write): the busiest stage bounds the speed (default: off)")
+             "(read, preprocess, inference, write; local inference: ONNX Runtime's CPU time per inference "
+             "thread): the busiest stage bounds the speed (default: off)")
 
     add = parser.add_argument_group("model").add_argument
     add("--model", default=None, metavar="NAME",
         help="model name from the manifest, or a path to an .onnx file (default: the manifest's default "
              "model; with --url, the service's default model)")
     add("--batch-size", type=_positive, default=None, metavar="N",
-        help=f"images per inference call, or per request with --url (default: {DEFAULT_BATCH_ONE_THREAD} with "
-             f"one ONNX Runtime thread, {DEFAULT_BATCH_LOCAL} with several or with --engine ray, "
-             f"{DEFAULT_BATCH_REMOTE} remote: the service's default limit of images per request)")
+        help=f"images per inference call, or per request with --url (default: {DEFAULT_BATCH_LOCAL}, batches that "
+             f"stay in the CPU caches; {DEFAULT_BATCH_RAY} with --engine ray; {DEFAULT_BATCH_REMOTE} remote: the "
+             "service's default limit of images per request)")
 
     add = parser.add_argument_group("local mode").add_argument
     add("--models-dir", type=Path, default=None, metavar="DIR",
@@ -142,9 +147,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--device", choices=("auto", "cpu", "cuda"), default="auto",
         help="auto: CUDA when onnxruntime-gpu and a GPU are present, else CPU (default: auto)")
     add("--threads", type=_non_negative, default=None, metavar="N",
-        help=f"ONNX Runtime intra-op threads; 0: one per core (default: one per core, {cores()} here, when IDX "
-             "or CSV inputs are among the inputs; 1 when all inputs are image files, whose decoding bounds the "
-             "speed; with --engine ray, threads of each actor: 1)")
+        help=f"inference threads, each scoring its own batches with one ONNX Runtime thread (N batches at once on "
+             f"one session); 0: one per core (default: one per core, {cores()} here, when IDX or CSV inputs are "
+             "among the inputs, where inference bounds the speed; 1 when all inputs are image files, whose "
+             "decoding bounds it; with --engine ray, the ONNX Runtime threads of each actor: 1)")
     add("--jobs", type=_non_negative, default=None, metavar="N",
         help=f"worker processes decoding image files; 0 decodes them in the reading thread (default: measured: "
              f"the first files are decoded in the reading thread and timed; the rest go to one worker per core, "
@@ -189,10 +195,16 @@ class Scorer(Protocol):
 
 
 class LocalScorer:
-    """ONNX Runtime in this process."""
+    """ONNX Runtime in this process: ``streams`` batches scored at once, each by its own ``session.run``
+    call in its own thread (ONNX Runtime's ``run`` is thread-safe and releases the GIL)."""
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, streams: int = 1) -> None:
+        if streams < 1:
+            raise ValueError(f"streams must be at least 1, got {streams}")
         self.model = model
+        self.streams = streams
+        self.busy_s = 0.0  # CPU seconds in ONNX Runtime during the latest ``map``, all inference threads together
+        self._lock = threading.Lock()
 
     def prepare(self, batch: Batch) -> Batch:
         """uint8/float32 [n, 28, 28] -> the model's float32 [n, 1, 28, 28]."""
@@ -200,14 +212,26 @@ class LocalScorer:
             batch.pixels = batch.pixels.astype(np.float32, copy=False).reshape(-1, 1, 28, 28)
         return batch
 
+    def score(self, batch: Batch) -> Scored:
+        if len(batch) and batch.pixels is not None:
+            # CPU time of this thread, which runs the model itself (one ONNX Runtime thread): wall time would
+            # count the wait for the GIL after each run, while the reading thread parses
+            start = time.thread_time()
+            _, probabilities = self.model.run(batch.pixels)
+            with self._lock:
+                self.busy_s += time.thread_time() - start
+        else:
+            probabilities = np.empty((0, self.model.num_classes), np.float32)
+        batch.pixels = None  # the rows and metrics need only the names, labels and probabilities
+        return Scored(batch, probabilities, batch.errors)
+
     def map(self, batches: Iterable[Batch]) -> Iterator[Scored]:
-        for batch in batches:
-            if len(batch) and batch.pixels is not None:
-                _, probabilities = self.model.run(batch.pixels)
-            else:
-                probabilities = np.empty((0, self.model.num_classes), np.float32)
-            batch.pixels = None  # the rows and metrics need only the names, labels and probabilities
-            yield Scored(batch, probabilities, batch.errors)
+        self.busy_s = 0.0
+        if self.streams == 1:
+            yield from map(self.score, batches)
+            return
+        with ThreadPoolExecutor(self.streams, thread_name_prefix="digits-inference") as pool:
+            yield from ordered_map(lambda batch: pool.submit(self.score, batch), batches, window=2 * self.streams)
 
 
 def load_local_model(
@@ -241,7 +265,7 @@ def load_local_model(
 class Settings:
     """The pipeline's knobs for one run, from the command line or from ``default_settings``."""
 
-    threads: int  # ONNX Runtime intra-op threads (0: one per core)
+    threads: int  # inference threads, one ONNX Runtime thread each (0: one per core); Ray: threads per actor
     batch_size: int
     jobs: int | None  # decoding worker processes; None: measured per image source (see clients.sources)
 
@@ -249,22 +273,23 @@ class Settings:
 def default_settings(plan: Plan, n_cores: int, remote: bool = False, engine: str = "local") -> Settings:
     """The documented rule (README, "Batch scoring"; measured in bench/bench_score.py):
 
-    - threads: one per core when IDX or CSV arrays are among the inputs (inference bounds them; reading,
-      writing and decompression are light enough to share the cores, ONNX Runtime's idle threads sleeping
-      instead of spinning); 1 when all inputs are image files (decoding bounds them: one thread scores
-      tens of thousands of images a second, far more than the files decode at).
-    - batch size: 128 with one thread (batches that stay in the CPU caches are fastest), 1024 with
-      several (large batches share out across threads); remote: 256, the service's default request limit.
+    - threads: one inference thread per core when IDX or CSV arrays are among the inputs (inference
+      bounds them; decompression, parsing and writing are light enough to share the cores); 1 when all
+      inputs are image files (decoding bounds them: one thread scores tens of thousands of images a
+      second, far more than the files decode at). Each inference thread runs its own batches on one
+      ONNX Runtime thread: on two cores, two batches of 128 at once gave 0.98x raw ONNX Runtime's best
+      with two intra-op threads, where one batch of 1024 on two intra-op threads gave 0.82x.
+    - batch size: 128 (batches that stay in the CPU caches are the fastest per image); Ray: 1024,
+      which amortises its per-batch overhead; remote: 256, the service's default request limit.
     - decoding processes: measured per image source: the reading thread decodes the first files and
-      hands the rest to one worker process per core only where a file takes a millisecond or more.
+      hands the rest to one worker process per core only where a file takes 0.4 ms or more.
     """
     if remote:
         return Settings(threads=1, batch_size=DEFAULT_BATCH_REMOTE, jobs=0)
-    if engine == "ray":  # more actors instead of more threads per actor; large batches amortise Ray's overhead
-        return Settings(threads=1, batch_size=DEFAULT_BATCH_LOCAL, jobs=0)
+    if engine == "ray":  # more actors instead of more threads per actor
+        return Settings(threads=1, batch_size=DEFAULT_BATCH_RAY, jobs=0)
     arrays = any(not isinstance(source, ImageFiles) for source in plan.sources)
-    threads = n_cores if arrays else 1
-    return Settings(threads, DEFAULT_BATCH_ONE_THREAD if threads == 1 else DEFAULT_BATCH_LOCAL, None)
+    return Settings(max(1, n_cores) if arrays else 1, DEFAULT_BATCH_LOCAL, None)
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -287,13 +312,37 @@ class Reporter:
             raise Abort(f"stopped at the first bad input (--strict): {error}; nothing was written")
         self.failed += 1
         if self.failed <= MAX_ERRORS_SHOWN:
-            tqdm.write(f"skipped {error}", file=sys.stderr)
+            self.note(f"skipped {error}")
         elif self.failed == MAX_ERRORS_SHOWN + 1:
-            tqdm.write("(further bad inputs are not listed; the summary counts them)", file=sys.stderr)
+            self.note("(further bad inputs are not listed; the summary counts them)")
 
     @staticmethod
     def note(message: str) -> None:
-        tqdm.write(message, file=sys.stderr)
+        """One line on standard error, above the progress bar where one is drawn."""
+        bars = sys.modules.get("tqdm")  # imported only where a bar is drawn (see progress_bar)
+        if bars is not None:
+            bars.tqdm.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int | None, desc: str | None) -> _NoBar | Any:
+    """tqdm's bar on standard error when it is a terminal (and ``desc`` is not None), else a bar that draws
+    nothing; tqdm is imported only then (its import is a few percent of a short run's start-up)."""
+    if desc is None or not sys.stderr.isatty():
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", unit_scale=True, desc=desc, file=sys.stderr, dynamic_ncols=True,
+                smoothing=0.05)
 
 
 @dataclass
@@ -302,6 +351,12 @@ class Outcome:
     elapsed_s: float
     confusion: np.ndarray  # int64 [C, C], the labelled images only
     stages: StageClock
+
+
+def queue_depth(batch_size: int) -> int:
+    """Batches allowed to wait between two stages: QUEUE_DEPTH, or more small ones up to QUEUE_IMAGES images,
+    so that a hiccup of one stage (a GIL switch, a descheduled thread) does not leave the next one idle."""
+    return max(QUEUE_DEPTH, QUEUE_IMAGES // batch_size)
 
 
 def score_inputs(
@@ -316,10 +371,10 @@ def score_inputs(
     """Read, score and write every input; the stages overlap, each in its own thread:
 
         reading thread:  iter_batches -> scorer.prepare  (image files: decoded here or by worker processes)
-        scoring thread:  scorer.map (ONNX Runtime, or HTTP requests)
+        scoring thread:  scorer.map (ONNX Runtime in --threads inference threads, or HTTP requests)
         this thread:     output rows, confusion matrix, progress bar
 
-    with at most QUEUE_DEPTH batches waiting between two stages. Each stage's busy time is
+    with a few batches waiting between two stages (``queue_depth``). Each stage's busy time is
     measured (``Outcome.stages``): at good settings inference is the only stage busy all the time.
     """
     clock = StageClock()
@@ -333,13 +388,18 @@ def score_inputs(
     @contextlib.contextmanager
     def results() -> Iterator[Iterator[Scored]]:
         batches = map(prepare, clock.timed(iter_batches(plan.sources, options), "read"))
-        with Prefetcher(batches, depth=QUEUE_DEPTH, name="digits-reader") as ready:
+        depth = queue_depth(options.batch_size)
+        with Prefetcher(batches, depth=depth, name="digits-reader") as ready:
             waits = clock.timed(ready, "inference (waiting)")
-            with Prefetcher(clock.timed(scorer.map(waits), "inference"), depth=QUEUE_DEPTH,
+            with Prefetcher(clock.timed(scorer.map(waits), "inference"), depth=depth,
                             name="digits-scorer") as scored:
                 yield scored
         # the scoring thread's time includes its waits for the reader: keep its own work only
         clock.add("inference", -clock.busy.pop("inference (waiting)", 0.0))
+        if isinstance(scorer, LocalScorer):
+            # its inference threads timed their own runs: a truer figure than the scoring thread's waits
+            # for them, which include waits for the GIL while the reading thread parses
+            clock.busy["inference"] = scorer.busy_s / scorer.streams
 
     return write_results(results(), plan, formatter, out, reporter, progress, clock)
 
@@ -360,8 +420,7 @@ def write_results(
     num_classes = len(formatter.labels)
     cm = np.zeros((num_classes, num_classes), np.int64)
     scored = 0
-    bar = tqdm(total=plan.total, unit="img", unit_scale=True, desc=progress, file=sys.stderr,
-               disable=True if progress is None else None, dynamic_ncols=True, smoothing=0.05)
+    bar = progress_bar(plan.total, progress)
     try:
         with results as stream, open_output(out) as write:
             write(formatter.header())
@@ -464,13 +523,14 @@ def _run(args: argparse.Namespace) -> int:
             outcome = write_results(results, plan, formatter, args.out, reporter, progress)
         engine = f"Ray Data, {actors} inference actor(s) of {threads or 1} ONNX Runtime thread(s)"
     else:
-        model = load_local_model(args.model, args.models_dir, device=args.device, threads=threads,
+        streams = threads or cores()
+        model = load_local_model(args.model, args.models_dir, device=args.device, threads=1,
                                  batch_size=batch_size, spinning=False)
         name, version, labels = model.name, model.version, model.labels
         formatter = RowFormatter(args.format or default_format(args.out), labels)
-        outcome = score_inputs(plan, LocalScorer(model), options, formatter, args.out, reporter, progress)
+        outcome = score_inputs(plan, LocalScorer(model, streams), options, formatter, args.out, reporter, progress)
         device = model.provider.removesuffix("ExecutionProvider")
-        engine = f"ONNX Runtime on {device}, {threads or 'all'} thread(s)"
+        engine = f"ONNX Runtime on {device}, {streams} inference thread(s) of one ONNX Runtime thread each"
 
     _report(args, outcome, labels, title=f"{name} v{version}")
     rate = outcome.scored / outcome.elapsed_s if outcome.elapsed_s > 0 else 0.0
@@ -490,12 +550,7 @@ def chosen_settings(args: argparse.Namespace, plan: Plan, remote: bool) -> Setti
     """The command line's settings, each one left unset taken from ``default_settings``."""
     default = default_settings(plan, cores(), remote, args.engine)
     threads = default.threads if args.threads is None else args.threads
-    if args.batch_size is not None:
-        batch_size = args.batch_size
-    elif args.threads is not None and not remote and args.engine == "local":  # the size that suits --threads
-        batch_size = DEFAULT_BATCH_ONE_THREAD if threads == 1 else DEFAULT_BATCH_LOCAL
-    else:
-        batch_size = default.batch_size
+    batch_size = default.batch_size if args.batch_size is None else args.batch_size
     return Settings(threads, batch_size, default.jobs if args.jobs is None else args.jobs)
 
 

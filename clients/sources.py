@@ -21,18 +21,15 @@ from __future__ import annotations
 import functools
 import glob
 import gzip
-import multiprocessing
 import os
 import struct
 import time
 import types
 import zlib
 from collections.abc import Generator, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing.context import BaseContext
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 try:  # ISA-L's gzip: the same bytes, decompressed 2-3x faster than zlib (bench/bench_score.py)
     from isal import igzip
@@ -53,6 +50,9 @@ from core.contract import IMAGE_PIXELS, IMAGE_SIDE
 from core.files import DataError
 from core.idx import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, load_idx_labels
 from core.kaggle import CsvFormatError, iter_kaggle_csv
+
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
 
 # Pillow and the service's preprocessing load only where image files are read: an IDX or CSV run starts
 # without them (Pillow's registry of formats alone imports every plugin).
@@ -241,7 +241,10 @@ def _kind(path: Path, explicit: bool) -> str:
         return "image"
     if suffix == ".csv":
         return "csv"
-    if suffix in image_suffixes():
+    # IDX files' usual names end in "-ubyte", ".idx*" or ".gz", never an image suffix: they skip the lookup,
+    # which imports Pillow (and its plugins), so that an IDX run starts without it
+    idx_like = suffix in ("", ".gz") or "ubyte" in suffix or suffix.startswith(".idx")
+    if not idx_like and suffix in image_suffixes():
         return "image"
     try:
         with _open_maybe_gzip(path) as f:
@@ -446,6 +449,9 @@ def _read_images(source: ImageFiles, offset: int, options: ReadOptions) -> Gener
     if jobs > 0:
         size = max(1, min(MAX_TASK_FILES, round(TASK_TARGET_S / max(per_file, 1e-5))))
         tasks = [range(start, min(start + size, len(paths))) for start in range(done, len(paths), size)]
+        # imported here: with multiprocessing it is 30 ms of an IDX or CSV run's start-up
+        from concurrent.futures import ProcessPoolExecutor
+
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=_worker_context())
         try:
             results = ordered_map(
@@ -527,6 +533,8 @@ def _worker_context() -> BaseContext:
     """Worker processes for decoding: forkserver where available (a fork of this multi-threaded process
     is unsafe, and a fresh interpreter per worker is slow to start), spawn elsewhere. Either way a
     worker also imports the main script (as ``__mp_main__``): for `digits` that is the small cli.py."""
+    import multiprocessing
+
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__, _PREPROCESS])  # workers start with numpy, Pillow and these

@@ -30,6 +30,7 @@ _ORT_ERRORS: tuple[type[Exception], ...] = (
       if hasattr(ort.capi.onnxruntime_pybind11_state, name)),
     RuntimeError,
 )
+REPO_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"  # the shipped models
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 

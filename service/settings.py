@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+from service.runtime import REPO_MODELS_DIR
 
 
 class Settings(BaseSettings):

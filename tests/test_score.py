@@ -378,6 +378,22 @@ def test_scoring_never_imports_torch_and_the_local_engine_never_imports_ray(
     assert not {m for m in imported if m.split(".")[0] in ("torch", "ray")}
 
 
+def test_an_idx_or_csv_run_starts_without_the_service_s_web_and_image_modules(
+    tmp_path: Path, models_dir: Path, mnist_test_sample
+) -> None:
+    test_csv = tmp_path / "test.csv"
+    write_kaggle_csv(test_csv, mnist_test_sample[0][:50])
+    argv = ["score", "--quiet", "--models-dir", str(models_dir), str(test_csv), str(IDX_IMAGES),
+            "--format", "kaggle", "--out", str(tmp_path / "submission.csv")]
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "cli", *argv], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "onnxruntime" in imported
+    heavy = ("pydantic", "pydantic_settings", "fastapi", "starlette", "cv2", "PIL", "tqdm", "multiprocessing", "torch")
+    assert not {m for m in imported if m.split(".")[0] in heavy}
+
+
 def test_help_explains_every_option_with_its_default() -> None:
     parser = cli.build_parser(["score"])
     score_parser = next(
@@ -456,3 +472,46 @@ def test_ordered_map_keeps_the_input_order_with_a_bounded_window() -> None:
             in_flight.pop(0)
     assert results == [i * i for i in range(40)]
     assert peak <= 5
+
+
+# --- the default settings -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_cores", [1, 2, 4, 16])
+def test_default_rule_one_inference_thread_per_core_for_arrays_and_one_for_image_files(
+    tmp_path: Path, n_cores: int
+) -> None:
+    from clients.score import DEFAULT_BATCH_LOCAL, DEFAULT_BATCH_RAY, DEFAULT_BATCH_REMOTE, Settings, default_settings
+
+    folder = write_pngs(tmp_path / "pngs", np.zeros((3, 28, 28), np.uint8))
+    arrays = plan_inputs([str(IDX_IMAGES)])
+    mixed = plan_inputs([str(folder), str(IDX_IMAGES)])
+    images = plan_inputs([str(folder)])
+    assert default_settings(arrays, n_cores) == Settings(n_cores, DEFAULT_BATCH_LOCAL, None)
+    assert default_settings(mixed, n_cores) == Settings(n_cores, DEFAULT_BATCH_LOCAL, None)
+    assert default_settings(images, n_cores) == Settings(1, DEFAULT_BATCH_LOCAL, None)
+    assert default_settings(arrays, n_cores, remote=True) == Settings(1, DEFAULT_BATCH_REMOTE, 0)
+    assert default_settings(arrays, n_cores, engine="ray") == Settings(1, DEFAULT_BATCH_RAY, 0)
+
+
+def test_several_inference_threads_give_the_results_in_input_order(models_dir: Path) -> None:
+    from clients.batches import Batch
+    from clients.score import LocalScorer, load_local_model
+
+    model = load_local_model(None, models_dir, device="cpu", threads=1, batch_size=1)
+    images = np.asarray(np.random.default_rng(0).integers(0, 256, (300, 28, 28)), np.uint8)
+    _, reference = model.run(images.astype(np.float32).reshape(-1, 1, 28, 28))
+
+    def batches(size: int) -> Iterator[Batch]:
+        for start in range(0, len(images), size):
+            part = images[start : start + size]
+            yield Batch([str(i) for i in range(start, start + len(part))], np.arange(start, start + len(part)), None,
+                        pixels=part)
+
+    for streams, size in ((1, 300), (2, 7), (3, 64), (4, 1)):
+        scorer = LocalScorer(model, streams)
+        scored = list(scorer.map(scorer.prepare(batch) for batch in batches(size)))
+        assert [name for s in scored for name in s.batch.names] == [str(i) for i in range(len(images))]
+        np.testing.assert_allclose(np.concatenate([s.probabilities for s in scored]), reference, atol=1e-6)
+    with pytest.raises(ValueError, match="at least 1"):
+        LocalScorer(model, 0)

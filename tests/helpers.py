@@ -13,3 +13,12 @@ def png_bytes(image: np.ndarray, mode: str = "L") -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image.astype(np.uint8), mode=mode).save(buf, "PNG")
     return buf.getvalue()
+
+
+def shipped_version(name: str) -> str:
+    """The version of a shipped model, as models/manifest.json records it."""
+    import json
+    from pathlib import Path
+
+    manifest = json.loads((Path(__file__).resolve().parents[1] / "models" / "manifest.json").read_text())
+    return str(next(m["version"] for m in manifest["models"] if m["name"] == name))

@@ -4,7 +4,6 @@ while the old version keeps serving, and lose no request while they do it."""
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import shutil
 import signal
 import threading
@@ -21,13 +20,13 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.settings import Settings
 from testkit.live_server import LiveServer, install_model, wait_until
+from tests.helpers import shipped_version
 
 KEY = "reload-test-key"
 AUTH = {"X-API-Key": KEY}
 
-ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = next(m["version"] for m in json.loads((ROOT / "models" / "manifest.json").read_text())["models"]
-               if m["name"] == "lenet5")  # the shipped LeNet-5's version
+
+SHIPPED = shipped_version("lenet5")
 NEXT = str(int(SHIPPED) + 1)  # the version a test installs over it
 
 

@@ -14,6 +14,9 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
+from tests.helpers import shipped_version
+
+LENET5 = shipped_version("lenet5")
 
 KEY = "s3cret-key-for-tests"
 ORIGIN = "https://draw.example"
@@ -45,7 +48,7 @@ def protected_requests(image: np.ndarray) -> list[tuple[str, str, dict]]:
     return [
         ("POST", "/predict", pixels),
         ("POST", "/v2/models/lenet5/infer", {"json": infer_body(image)}),
-        ("POST", "/v2/models/lenet5/versions/1/infer", {"json": infer_body(image)}),
+        ("POST", f"/v2/models/lenet5/versions/{LENET5}/infer", {"json": infer_body(image)}),
         ("POST", "/v2/repository/index", {}),
         ("POST", "/v2/repository/models/mlp/load", {}),
         ("POST", "/v2/repository/models/mlp/unload", {}),
@@ -58,7 +61,7 @@ def message_and_code(body: dict) -> tuple[str, str]:
 
 
 OPEN_PATHS = ["/healthz", "/readyz", "/models", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready",
-              "/v2/models/lenet5", "/v2/models/lenet5/ready", "/v2/models/lenet5/versions/1", "/openapi.json",
+              "/v2/models/lenet5", "/v2/models/lenet5/ready", f"/v2/models/lenet5/versions/{LENET5}", "/openapi.json",
               "/docs", "/", "/web/app.js"]
 
 

@@ -173,7 +173,7 @@ def _flatten(image: np.ndarray, thumb: np.ndarray, small: bool) -> np.ndarray:
 def _pieces(contrast: np.ndarray, small: bool, *, clean: bool) -> Ink:
     """Threshold the contrast and keep the connected pieces that are ink. `clean`: the paper is
     flat and noiseless, so every faint pixel is a stroke's edge."""
-    high, low = _thresholds(contrast, small)
+    high, low = _thresholds(contrast, small, clean)
     mask: np.ndarray = (contrast > low).view(np.uint8)
     if not clean:
         # Hysteresis within reach: faint pixels count where they are near clearly dark ones (a
@@ -182,34 +182,41 @@ def _pieces(contrast: np.ndarray, small: bool, *, clean: bool) -> Ink:
         strong = (contrast > high).view(np.uint8)
         near = cv2.dilate(strong, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * _EDGE_REACH + 1,) * 2))
         mask = cv2.bitwise_and(mask, near)
-    # Labels only: OpenCV's labelling with statistics costs several times more than the labelling;
-    # the statistics come from the ink's pixels alone (a small fraction of the image).
-    count, labels = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
-    points = cv2.findNonZero(mask)  # (x, y) of the labelled pixels ([n,1,2] or [n,2]); None if none
-    if points is None:
+    # Everything below works on the rectangle around the ink (a drawing's digit is a part of its
+    # pad), and labels only: OpenCV's labelling with statistics costs several times more than
+    # the labelling; the statistics come from the ink's pixels alone.
+    left, top, width, height = cv2.boundingRect(mask)
+    if not width:
         raise no_ink()
-    points = points.reshape(-1, 2)
+    region = (slice(top, top + height), slice(left, left + width))
+    inked = np.ascontiguousarray(mask[region])
+    count, labels = cv2.connectedComponents(inked, connectivity=8, ltype=cv2.CV_32S)
+    points = cv2.findNonZero(inked).reshape(-1, 2)  # (x, y) of the labelled pixels, in the region
     xs, ys = points[:, 0], points[:, 1]
     which = labels[ys, xs]
     areas = np.bincount(which, minlength=count)
     short = min(contrast.shape)
     min_area = max(4.0, _MIN_AREA_FRACTION * short * short) if not small else 1.0
     keep = areas >= min_area
+    ink = contrast[region]
     if clean:  # without the hysteresis: a piece still needs one clearly dark pixel
-        keep &= np.bincount(which, weights=contrast[ys, xs] > high, minlength=count) > 0
+        keep &= np.bincount(which, weights=ink[ys, xs] > high, minlength=count) > 0
     keep[0] = False  # the paper
     kept = np.flatnonzero(keep)
     if not kept.size:
         raise no_ink()
-    relabel = np.zeros(count, dtype=np.int32)
-    relabel[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
     if kept.size < count - 1:  # some pieces dropped (usually none: then the labels stand)
+        relabel = np.zeros(count, dtype=np.int32)
+        relabel[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
         labels = relabel[labels]
         which = relabel[which]
-        mask = (labels > 0).view(np.uint8)
-    strength = np.multiply(contrast, mask, dtype=np.float32)  # 0 off the ink
-    np.maximum(strength, np.float32(0.0), out=strength)  # contrast <= 255 already
-    return Ink(strength, labels, _boxes(ys, xs, which, kept.size), areas[kept].astype(np.int32), high)
+    all_labels = np.zeros(contrast.shape, np.int32)
+    all_labels[region] = labels
+    strength = np.zeros(contrast.shape, np.float32)  # 0 off the ink
+    np.multiply(ink, labels > 0, out=strength[region], dtype=np.float32)
+    np.maximum(strength[region], np.float32(0.0), out=strength[region])  # contrast <= 255 already
+    boxes = _boxes(ys, xs, which, kept.size) + np.array([left, top, 0, 0], np.int32)
+    return Ink(strength, all_labels, boxes, areas[kept].astype(np.int32), high)
 
 
 def _boxes(ys: np.ndarray, xs: np.ndarray, which: np.ndarray, count: int) -> np.ndarray:
@@ -224,12 +231,15 @@ def _boxes(ys: np.ndarray, xs: np.ndarray, which: np.ndarray, count: int) -> np.
     return np.stack([left, top, right - left + 1, bottom - top + 1], axis=1).astype(np.int32)
 
 
-def _thresholds(contrast: np.ndarray, small: bool) -> tuple[float, float]:
+def _thresholds(contrast: np.ndarray, small: bool, clean: bool) -> tuple[float, float]:
     """(high, low): Otsu's threshold of the contrast, raised to the minimum contrast and above
-    the paper's noise (a robust sigma from the median absolute deviation of a sample)."""
-    sample = contrast if small else contrast[::4, ::4]
-    centre = float(np.median(sample))
-    sigma = 1.4826 * float(np.median(np.abs(sample - np.float32(centre))))
+    the paper's noise (a robust sigma from the median absolute deviation of a sample; none on
+    clean paper, whose contrast is exactly 0)."""
+    centre = sigma = 0.0
+    if not clean:
+        sample = contrast if small else contrast[::4, ::4]
+        centre = float(np.median(sample))
+        sigma = 1.4826 * float(np.median(np.abs(sample - np.float32(centre))))
     levels = np.clip(contrast if small else contrast[::2, ::2], 0.0, 255.0).astype(np.uint8)
     otsu, _ = cv2.threshold(levels, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     high = max(float(otsu), _MIN_CONTRAST, centre + _NOISE_SIGMAS * sigma)

@@ -46,7 +46,10 @@ __all__ = [
 
 def preprocess_image_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Uploaded image bytes -> float32 [28,28] MNIST-style digit: all of the image's ink."""
-    return to_mnist(find_ink(decode_luma(data, max_pixels=max_pixels).values).strength)
+    ink = find_ink(decode_luma(data, max_pixels=max_pixels).values)
+    left, top = ink.boxes[:, :2].min(axis=0)
+    right, bottom = (ink.boxes[:, :2] + ink.boxes[:, 2:]).max(axis=0)
+    return to_mnist(ink.strength[top:bottom, left:right])  # the rectangle around all of the ink
 
 
 def read_number_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[DigitImage]:

@@ -78,26 +78,29 @@ def find_ink(luma: np.ndarray) -> Ink:
     if image.ndim != 2 or image.size == 0:
         raise ValueError(f"find_ink expects a non-empty 2-D [H,W] array, got shape {image.shape}")
     small = min(image.shape) < _SMALL_SIDE
-    noise = _pixel_noise(image) if not small else None
-    if noise is not None and noise > _NOISY:
+    clean = _clean_contrast(image)
+    if clean is not None:
+        return _pieces(clean, small, clean=True)
+    if not small and _pixel_noise(image) > _NOISY:
         image = cv2.GaussianBlur(image, (0, 0), _SMOOTH_SIGMA)
     thumb = _thumbnail(image)
     if not _dark_ink(image, thumb):
         image, thumb = np.float32(255.0) - image, np.float32(255.0) - thumb  # light ink: now dark
-    level = _flat_paper(image, thumb) if noise == 0.0 else None
-    if level is not None:
-        contrast = np.float32(255.0) - image * np.float32(255.0 / level)
-        return _pieces(contrast, small, clean=True)
     return _pieces(_flatten(image, thumb, small), small, clean=False)
 
 
-def _flat_paper(image: np.ndarray, thumb: np.ndarray) -> float | None:
-    """The paper's one level when at least half of the pixels have it exactly (a drawing, a
-    clean scan), else None. The thumbnail's median is that level when there is one."""
-    level = float(np.median(thumb))
-    if level < 1.0 or 2 * np.count_nonzero(image == np.float32(level)) < image.size:
+def _clean_contrast(image: np.ndarray) -> np.ndarray | None:
+    """A drawing or a clean scan: at least half of the pixels exactly at the paper's level (that
+    of the top-left corner). Then the contrast is the distance from that level towards the
+    farther extreme (the ink), scaled so that the extreme colour (black or white) is 255; else
+    None (a photo, a noisy scan: the general path)."""
+    level = float(image[0, 0])
+    if 2 * np.count_nonzero(image == np.float32(level)) < image.size:
         return None
-    return level
+    low, high, _, _ = cv2.minMaxLoc(image)
+    if level - low > high - level:  # dark ink on light paper
+        return (np.float32(level) - image) * np.float32(255.0 / level)
+    return (image - np.float32(level)) * np.float32(255.0 / max(255.0 - level, 1.0))
 
 
 def _pixel_noise(image: np.ndarray) -> float:
@@ -183,24 +186,30 @@ def _pieces(contrast: np.ndarray, small: bool, *, clean: bool) -> Ink:
         near = cv2.dilate(strong, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * _EDGE_REACH + 1,) * 2))
         mask = cv2.bitwise_and(mask, near)
     # Everything below works on the rectangle around the ink (a drawing's digit is a part of its
-    # pad), and labels only: OpenCV's labelling with statistics costs several times more than
-    # the labelling; the statistics come from the ink's pixels alone.
+    # pad). On a photo, labels only: OpenCV's labelling with statistics costs several times more
+    # than the labelling, and the statistics come from the ink's pixels alone; a clean image's
+    # rectangle is just its strokes', where the statistics cost less than the numpy calls.
     left, top, width, height = cv2.boundingRect(mask)
     if not width:
         raise no_ink()
     region = (slice(top, top + height), slice(left, left + width))
     inked = np.ascontiguousarray(mask[region])
-    count, labels = cv2.connectedComponents(inked, connectivity=8, ltype=cv2.CV_32S)
-    points = cv2.findNonZero(inked).reshape(-1, 2)  # (x, y) of the labelled pixels, in the region
-    xs, ys = points[:, 0], points[:, 1]
-    which = labels[ys, xs]
-    areas = np.bincount(which, minlength=count)
+    ink = contrast[region]
     short = min(contrast.shape)
     min_area = max(4.0, _MIN_AREA_FRACTION * short * short) if not small else 1.0
-    keep = areas >= min_area
-    ink = contrast[region]
-    if clean:  # without the hysteresis: a piece still needs one clearly dark pixel
-        keep &= np.bincount(which, weights=ink[ys, xs] > high, minlength=count) > 0
+    if clean:
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(inked, connectivity=8, ltype=cv2.CV_32S)
+        areas = stats[:, cv2.CC_STAT_AREA]
+        strong = np.zeros(count, bool)
+        strong[labels[ink > high]] = True  # without the hysteresis: a piece needs a clearly dark pixel
+        keep: np.ndarray = (areas >= min_area) & strong
+    else:
+        count, labels = cv2.connectedComponents(inked, connectivity=8, ltype=cv2.CV_32S)
+        points = cv2.findNonZero(inked).reshape(-1, 2)  # (x, y) of the labelled pixels, in the region
+        xs, ys = points[:, 0], points[:, 1]
+        which = labels[ys, xs]
+        areas = np.bincount(which, minlength=count)
+        keep = areas >= min_area
     keep[0] = False  # the paper
     kept = np.flatnonzero(keep)
     if not kept.size:
@@ -209,14 +218,16 @@ def _pieces(contrast: np.ndarray, small: bool, *, clean: bool) -> Ink:
         relabel = np.zeros(count, dtype=np.int32)
         relabel[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
         labels = relabel[labels]
-        which = relabel[which]
+        if not clean:
+            which = relabel[which]
+    boxes = stats[kept, :4] if clean else _boxes(ys, xs, which, kept.size)
     all_labels = np.zeros(contrast.shape, np.int32)
     all_labels[region] = labels
     strength = np.zeros(contrast.shape, np.float32)  # 0 off the ink
     np.multiply(ink, labels > 0, out=strength[region], dtype=np.float32)
     np.maximum(strength[region], np.float32(0.0), out=strength[region])  # contrast <= 255 already
-    boxes = _boxes(ys, xs, which, kept.size) + np.array([left, top, 0, 0], np.int32)
-    return Ink(strength, all_labels, boxes, areas[kept].astype(np.int32), high)
+    offset = np.array([left, top, 0, 0], np.int32)
+    return Ink(strength, all_labels, (boxes + offset).astype(np.int32), areas[kept].astype(np.int32), high)
 
 
 def _boxes(ys: np.ndarray, xs: np.ndarray, which: np.ndarray, count: int) -> np.ndarray:

@@ -98,7 +98,8 @@ def split_digits(ink: Ink, *, scale: float = 1.0) -> list[DigitImage]:
     digits: list[DigitImage] = []
     for group in sorted(groups, key=lambda g: g.left):
         region = ink.strength[group.top : group.bottom, group.left : group.right]
-        own = np.isin(ink.labels[group.top : group.bottom, group.left : group.right], group.pieces)
+        labels = ink.labels[group.top : group.bottom, group.left : group.right]
+        own = labels == group.pieces[0] if len(group.pieces) == 1 else np.isin(labels, group.pieces)
         pixels = np.where(own, region, np.float32(0.0))  # [h,w]: this digit's ink only
         for offset, separated in _separated(pixels, ink.core, height):
             for start, stop in _cuts(separated, height):

@@ -286,13 +286,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"digit errors {errors:.1%}")
 
     canvas = next(s for s in handwriting.canvases(digits, labels, 50, seed=6) if _size(s.data) == (280, 280))
+    transparent = next(s for s in handwriting.canvases(digits, labels, 50, seed=6)
+                       if _size(s.data) == (280, 280) and _mode(s.data) == "RGBA")
     photo = _as_640x480(next(handwriting.photos(digits, labels, 1, seed=7)))
     number = next(s for s in handwriting.numbers(digits, labels, 200, seed=8)
                   if len(s.text) == 5 and s.kind == "number photo")
     number_canvas = next(s for s in handwriting.numbers(digits, labels, 200, seed=8)
                          if len(s.text) == 5 and s.kind == "number canvas")
     print(f"\npreprocessing cost, one thread, median of {args.rounds} rounds, interleaved")
-    for name, sample in (("280x280 canvas PNG", canvas), ("640x480 photo JPEG", photo)):
+    for name, sample in (("280x280 canvas PNG", canvas), ("280x280 transparent canvas PNG", transparent),
+                         ("640x480 photo JPEG", photo)):
         ms = _median_ms({"new": lambda s=sample: imaging.preprocess_image_bytes(s.data),
                          "old": lambda s=sample: _try(old, s.data)}, args.rounds)
         print(f"  {name:34s} new {ms['new']:5.2f} ms   old {ms['old']:5.2f} ms   new/old {ms['new'] / ms['old']:.2f}")
@@ -322,6 +325,15 @@ def _as_640x480(sample: handwriting.Sample) -> handwriting.Sample:
     with Image.open(io.BytesIO(sample.data)) as image:
         image.resize((640, 480)).save(out, "JPEG", quality=85)
     return handwriting.Sample(out.getvalue(), sample.text, (), sample.kind)
+
+
+def _mode(data: bytes) -> str:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return str(image.mode)
 
 
 def _size(data: bytes) -> tuple[int, int]:

@@ -198,8 +198,12 @@ def _pieces(contrast: np.ndarray, small: bool, *, clean: bool) -> Ink:
     short = min(contrast.shape)
     min_area = max(4.0, _MIN_AREA_FRACTION * short * short) if not small else 1.0
     if clean:
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(inked, connectivity=8, ltype=cv2.CV_32S)
-        areas = stats[:, cv2.CC_STAT_AREA]
+        count, labels = cv2.connectedComponents(inked, connectivity=8, ltype=cv2.CV_32S)
+        if count == 2:  # one piece (a digit drawn in one stroke): its box is the rectangle
+            stats: np.ndarray = np.array([[0, 0, 0, 0, 0], [0, 0, width, height, cv2.countNonZero(inked)]], np.int32)
+        else:
+            count, labels, stats, _ = cv2.connectedComponentsWithStats(inked, connectivity=8, ltype=cv2.CV_32S)
+        areas: np.ndarray = stats[:, cv2.CC_STAT_AREA]
         strong = np.zeros(count, bool)
         strong[labels[ink > high]] = True  # without the hysteresis: a piece needs a clearly dark pixel
         keep: np.ndarray = (areas >= min_area) & strong

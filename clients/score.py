@@ -154,7 +154,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--jobs", type=_non_negative, default=None, metavar="N",
         help=f"worker processes decoding image files; 0 decodes them in the reading thread (default: measured: "
              f"the first files are decoded in the reading thread and timed; the rest go to one worker per core, "
-             f"{cores()} here, where a file takes 0.4 ms or more, e.g. photos and scans, and stay in the "
+             f"{cores()} here, where a file takes 0.15 ms or more, e.g. photos and scans, and stay in the "
              "reading thread otherwise)")
 
     add = parser.add_argument_group("engine").add_argument
@@ -277,12 +277,13 @@ def default_settings(plan: Plan, n_cores: int, remote: bool = False, engine: str
       bounds them; decompression, parsing and writing are light enough to share the cores); 1 when all
       inputs are image files (decoding bounds them: one thread scores tens of thousands of images a
       second, far more than the files decode at). Each inference thread runs its own batches on one
-      ONNX Runtime thread: on two cores, two batches of 128 at once gave 0.98x raw ONNX Runtime's best
-      with two intra-op threads, where one batch of 1024 on two intra-op threads gave 0.82x.
+      ONNX Runtime thread: on two cores, the gzip MNIST test set to CSV ran at 0.57-0.78x raw ONNX
+      Runtime's best with two intra-op threads on a quiet machine (0.92-0.99x on a busy one), where
+      the previous default, one batch of 1024 on two intra-op threads, ran at 0.53-0.69x (0.83-0.87x).
     - batch size: 128 (batches that stay in the CPU caches are the fastest per image); Ray: 1024,
       which amortises its per-batch overhead; remote: 256, the service's default request limit.
     - decoding processes: measured per image source: the reading thread decodes the first files and
-      hands the rest to one worker process per core only where a file takes 0.4 ms or more.
+      hands the rest to one worker process per core only where a file takes 0.15 ms or more.
     """
     if remote:
         return Settings(threads=1, batch_size=DEFAULT_BATCH_REMOTE, jobs=0)

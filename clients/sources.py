@@ -76,11 +76,12 @@ _GLOB_CHARS = frozenset("*?[")
 # Decoding image files: in the reading thread, or in worker processes where a file's decode cost pays for
 # the processes and their traffic. With --jobs unset the first PROBE_FILES files are decoded here, one at a
 # time, and timed; the rest go to one worker per core when the median file took POOL_MIN_FILE_S or more
-# and they are POOL_MIN_WORK_S of work at least. bench/bench_score.py on two cores: at ~0.25 ms a file two
-# workers were slower than the reading thread; at ~0.5 ms (a 28x28 PNG through service/imaging) they give
-# 1.6x; a 640x480 photo takes 2-4 ms, and two workers give ~1.7x one.
+# and they are POOL_MIN_WORK_S of work at least. bench/bench_score.py on two idle cores: a 28x28 PNG through
+# service/imaging takes ~0.2 ms here and ~0.26 ms a file in the reading thread with its share of the
+# pipeline, and two workers gave 1.31x the reading thread (at ~0.5 ms, 1.6x); a 640x480 photo takes
+# 2-4 ms, and two workers give ~1.7-1.8x one. Below ~0.1 ms (reading bytes) the traffic costs more.
 PROBE_FILES = 16
-POOL_MIN_FILE_S = 0.0004
+POOL_MIN_FILE_S = 0.00015
 POOL_MIN_WORK_S = 0.5
 TASK_FILES = 32  # image files per task decoded in the reading thread
 TASK_TARGET_S = 0.02  # seconds of decoding per worker task: its IPC (a path list out, float32 [k,28,28] back) is

@@ -244,7 +244,9 @@ def luma_of(image: Image.Image) -> np.ndarray:
     `_composite_alpha`); 16-bit and float images scaled by their mode's range."""
     if image.mode in _WIDE_INT_MODES or image.mode == "F":
         return _wide_to_luma(image)
-    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+    if image.mode in ("RGBA", "LA") and image.getchannel("A").getextrema() == (255, 255):
+        image = _convert(image, "L")  # every pixel opaque (a canvas filled before drawing): no alpha to weigh
+    elif image.mode in _ALPHA_MODES or "transparency" in image.info:
         return _composite_alpha(image)
     if image.mode == "LAB":
         return np.asarray(image.getchannel("L"), dtype=np.float32)  # L* is the lightness

@@ -626,3 +626,32 @@ def test_model_predicts_redrawn_digits_as_the_originals(
         # A borderline digit may flip on a 1-px shift; more than two in 50 is a regression.
         assert agreement >= 0.96, f"{variant}: only {agreement:.0%} of predictions agree"
 
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
+def test_libspng_and_pillow_decode_the_same_pngs(mode: str, mnist_test_sample: tuple[np.ndarray, np.ndarray]) -> None:
+    """PNGs libspng decodes (8-bit L, RGB, RGBA) give exactly the luminance Pillow gives; the
+    rest (palette, grey with alpha, 16-bit, colour-key transparency) go to Pillow."""
+    pytest.importorskip("pyspng")
+    from PIL import Image
+
+    from service.imaging import decode
+
+    digits, _ = mnist_test_sample
+    ink = np.kron(digits[7], np.ones((8, 8), np.uint8))
+    channels = {"L": [ink], "RGB": [ink, ink // 2, 255 - ink],
+                "RGBA": [ink, ink, ink, np.where(ink > 0, 255, 0).astype(np.uint8)]}
+    pixels = np.dstack(channels[mode]) if len(channels[mode]) > 1 else channels[mode][0]
+    out = io.BytesIO()
+    Image.fromarray(pixels, mode).save(out, "PNG")
+    data = out.getvalue()
+    assert decode._spng_pixels(data, decode._open(data, decode.DEFAULT_MAX_PIXELS)) is not None
+    fast = decode.decode_luma(data).values
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(decode, "pyspng", None)
+        slow = decode.decode_luma(data).values
+    np.testing.assert_array_equal(fast, slow)
+
+    palette = io.BytesIO()
+    Image.fromarray(pixels if mode == "L" else pixels[..., 0]).convert("P").save(palette, "PNG")
+    assert decode._spng_pixels(palette.getvalue(), decode._open(palette.getvalue(), 10**6)) is None

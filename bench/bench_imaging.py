@@ -276,6 +276,14 @@ def main(argv: list[str] | None = None) -> int:
         kinds = ", ".join(f"{k} {v:.1%}" for k, v in sorted(by_kind.items()))
         print(f"  numbers        n={len(numbers):4d}   exact {exact:.1%}, per digit {per_digit:.1%}, "
               f"digit errors {errors:.1%} ({kinds})")
+    from bench.naive_app import naive_pixels  # the naive peer's upload recipe (bench_service.py)
+
+    print("\nthe naive peer's uploads (grey, squashed to 28x28, inverted if light; bench/naive_app.py), in-process")
+    for name, samples in (("photos", photos), ("canvas-style", canvases), ("scan-style", scans)):
+        inputs = np.concatenate([naive_pixels(s.data) for s in samples])
+        (probabilities,) = session.run(["probabilities"], {"pixels": inputs})
+        right = float(np.mean(probabilities.argmax(axis=1) == [int(s.text) for s in samples]))
+        print(f"  {name:14s} n={len(samples):4d}   {right:7.1%}")
     if args.baseline_model is not None:
         baseline = ort.InferenceSession(str(args.baseline_model), providers=["CPUExecutionProvider"])
         print(f"\nin-process, the shipped LeNet-5 and {args.baseline_model.name} (same preprocessing)")

@@ -49,9 +49,10 @@ from clients.score import (
     load_local_model,
     score_inputs,
 )
-from clients.sources import Plan, ReadOptions, cores, plan_inputs
+from clients.sources import Plan, ReadOptions, plan_inputs
 from core.idx import load_idx_images
 from core.kaggle import write_kaggle_csv
+from core.machine import usable_cores
 from service.runtime import LoadedModel
 from testkit.score_inputs import photo
 
@@ -124,7 +125,7 @@ def bench_idx(args: argparse.Namespace, table: Table, tmp: Path) -> LoadedModel:
     n = len(x)
     plans = {"IDX.gz": plan_inputs([str(images_path)], [str(labels_path)]),
              "raw IDX": plan_inputs([str(raw_idx)], [str(labels_path)])}
-    default = default_settings(plans["IDX.gz"], cores())
+    default = default_settings(plans["IDX.gz"], usable_cores())
     # what `digits score` loads: one ONNX Runtime thread, scoring `threads` batches at once
     model = load_local_model(args.model, args.models_dir, device="cpu", threads=1, batch_size=default.batch_size,
                              spinning=False)
@@ -293,7 +294,7 @@ def bench_kaggle(args: argparse.Namespace, table: Table, tmp: Path, model: Loade
                "--quiet", "--models-dir", str(args.models_dir)] + (["--model", args.model] if args.model else [])
     walls, inproc, cpu_walls, cpu_inproc = [], [], [], []
     plan = plan_inputs([str(test_csv)])
-    default = default_settings(plan, cores())
+    default = default_settings(plan, usable_cores())
     warm_up = [str(tmp / "warm-up.csv") if arg == str(submission) else arg for arg in command]
     run(warm_up, cwd=REPO, check=True, capture_output=True, env=command_env())  # untimed: writes the bytecode cache
     for _ in range(max(1, args.repeats // 2)):
@@ -336,7 +337,7 @@ def bench_remote(args: argparse.Namespace, table: Table, tmp: Path, model: Loade
                                            tmp / "r.csv"))
             finally:
                 client.close()
-            local = default_settings(idx_plan, cores())
+            local = default_settings(idx_plan, usable_cores())
             local_idx.append(pipeline(idx_plan, LocalScorer(model, local.threads),
                                       ReadOptions(local.batch_size, jobs=0), model.labels, tmp / "l.csv"))
     n = idx_plan.total or 1
@@ -354,7 +355,7 @@ def main() -> int:
               file=sys.stderr)
         return 2
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# digits score throughput: {platform.processor() or platform.machine()}, {cores()} cores to run on, "
+    print(f"# digits score throughput: {platform.processor() or platform.machine()}, {usable_cores()} cores to run on, "
           f"load average {load:.1f}, onnxruntime {ort.__version__}, best of {args.repeats}", flush=True)
     table = Table()
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp_dir:

@@ -40,11 +40,11 @@ from clients.sources import (
     ReadOptions,
     Source,
     UsageError,
-    cores,
     decode_blobs,
     folder_label,
     read_source,
 )
+from core.machine import usable_cores
 
 if TYPE_CHECKING:
     from service.runtime import LoadedModel
@@ -93,7 +93,7 @@ def ray_session() -> Iterator[Any]:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**quiet)  # joins the cluster named by RAY_ADDRESS
     else:
-        ray.init(num_cpus=cores(), **quiet)
+        ray.init(num_cpus=usable_cores(), **quiet)
     try:
         yield ray
     finally:

@@ -33,7 +33,8 @@ import numpy as np
 from clients.batches import Batch, InputError, Scored
 from clients.outputs import FORMATS, RowFormatter, default_format, open_output
 from clients.pipeline import Prefetcher, StageClock, ordered_map
-from clients.sources import ImageFiles, Plan, ReadOptions, UsageError, cores, iter_batches, plan_inputs
+from clients.sources import ImageFiles, Plan, ReadOptions, UsageError, iter_batches, plan_inputs
+from core.machine import usable_cores
 from core.metrics import confusion_matrix, format_report
 from core.plots import PlottingUnavailable, require_matplotlib
 
@@ -148,13 +149,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto: CUDA when onnxruntime-gpu and a GPU are present, else CPU (default: auto)")
     add("--threads", type=_non_negative, default=None, metavar="N",
         help=f"inference threads, each scoring its own batches with one ONNX Runtime thread (N batches at once on "
-             f"one session); 0: one per core (default: one per core, {cores()} here, when IDX or CSV inputs are "
+             f"one session); 0: one per core (default: one per core, {usable_cores()} here, when IDX or CSV inputs are "
              "among the inputs, where inference bounds the speed; 1 when all inputs are image files, whose "
              "decoding bounds it; with --engine ray, the ONNX Runtime threads of each actor: 1)")
     add("--jobs", type=_non_negative, default=None, metavar="N",
         help=f"worker processes decoding image files; 0 decodes them in the reading thread (default: measured: "
              f"the first files are decoded in the reading thread and timed; the rest go to one worker per core, "
-             f"{cores()} here, where a file takes 0.15 ms or more, e.g. photos and scans, and stay in the "
+             f"{usable_cores()} here, where a file takes 0.15 ms or more, e.g. photos and scans, and stay in the "
              "reading thread otherwise)")
 
     add = parser.add_argument_group("engine").add_argument
@@ -524,7 +525,7 @@ def _run(args: argparse.Namespace) -> int:
             outcome = write_results(results, plan, formatter, args.out, reporter, progress)
         engine = f"Ray Data, {actors} inference actor(s) of {threads or 1} ONNX Runtime thread(s)"
     else:
-        streams = threads or cores()
+        streams = threads or usable_cores()
         model = load_local_model(args.model, args.models_dir, device=args.device, threads=1,
                                  batch_size=batch_size, spinning=False)
         name, version, labels = model.name, model.version, model.labels
@@ -549,7 +550,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def chosen_settings(args: argparse.Namespace, plan: Plan, remote: bool) -> Settings:
     """The command line's settings, each one left unset taken from ``default_settings``."""
-    default = default_settings(plan, cores(), remote, args.engine)
+    default = default_settings(plan, usable_cores(), remote, args.engine)
     threads = default.threads if args.threads is None else args.threads
     batch_size = default.batch_size if args.batch_size is None else args.batch_size
     return Settings(threads, batch_size, default.jobs if args.jobs is None else args.jobs)
@@ -557,7 +558,7 @@ def chosen_settings(args: argparse.Namespace, plan: Plan, remote: bool) -> Setti
 
 def _verbose_report(settings: Settings, options: ReadOptions, outcome: Outcome, engine: str) -> str:
     jobs = "measured per image source" if settings.jobs is None else str(settings.jobs)
-    lines = [f"settings: {cores()} core(s) here; {engine}; batch {settings.batch_size}; decoding processes: "
+    lines = [f"settings: {usable_cores()} core(s) here; {engine}; batch {settings.batch_size}; decoding processes: "
              f"{jobs if engine.startswith('ONNX') else 'none here'}"]
     lines += options.notes
     lines.append(outcome.stages.summary(outcome.elapsed_s))

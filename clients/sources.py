@@ -50,6 +50,7 @@ from core.contract import IMAGE_PIXELS, IMAGE_SIDE
 from core.files import DataError
 from core.idx import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, load_idx_labels
 from core.kaggle import CsvFormatError, iter_kaggle_csv
+from core.machine import usable_cores
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -443,7 +444,7 @@ def _read_images(source: ImageFiles, offset: int, options: ReadOptions) -> Gener
         done = len(probe)
         per_file = float(np.median(seconds)) if seconds else 0.0
         costly = per_file >= POOL_MIN_FILE_S and per_file * (len(paths) - done) >= POOL_MIN_WORK_S
-        jobs = cores() if costly and cores() > 1 else 0
+        jobs = usable_cores() if costly and usable_cores() > 1 else 0
         where = f"{jobs} worker processes" if jobs else "the reading thread"
         options.notes.append(f"{len(paths):,} image files: the first {done} took {per_file * 1e3:.2f} ms each "
                              f"(median), so they are decoded in {where}")
@@ -470,14 +471,6 @@ def _read_images(source: ImageFiles, offset: int, options: ReadOptions) -> Gener
             yield from regroup.add(task, work([paths[i] for i in task], options.max_pixels))
     yield from regroup.flush()
     return len(paths)
-
-
-def cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 # (pixels float32 [k, 28, 28] or encoded bytes, indices of the k good files, (index, reason) of the bad ones)

@@ -317,3 +317,11 @@ def test_settings_come_from_digits_environment_variables(monkeypatch, models_dir
     monkeypatch.setenv("DIGITS_MAX_BATCH_SIZE", "0")
     with pytest.raises(ValueError, match="max_batch_size"):
         Settings()
+
+
+@pytest.mark.parametrize(("cores", "threads"), [(1, 1), (2, 1), (3, 2), (5, 4), (64, 4)])
+def test_decode_threads_follow_the_cores(cores: int, threads: int) -> None:
+    """One fewer decoding thread than cores (the event loop keeps one), at least 1, at most 4."""
+    from service.settings import default_decode_threads
+
+    assert default_decode_threads(cores) == threads

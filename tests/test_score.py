@@ -244,7 +244,7 @@ def test_decoding_goes_to_worker_processes_only_where_a_file_costs_enough(
     # files that took as long as photos: the same probe sends them to worker processes
     monkeypatch.setattr(sources, "POOL_MIN_FILE_S", 0.0)
     monkeypatch.setattr(sources, "POOL_MIN_WORK_S", 0.0)
-    monkeypatch.setattr(sources, "cores", lambda: 2)
+    monkeypatch.setattr(sources, "usable_cores", lambda: 2)
     code, _, costly = score(str(folder), "--verbose", "--out", str(out))
     assert code == 0, costly
     assert "so they are decoded in 2 worker processes" in costly

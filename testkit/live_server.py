@@ -261,6 +261,8 @@ async def exchange_once(port: int, request: Request, timeout_s: float = 30) -> t
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
     except ConnectionRefusedError:
         return "refused", None
+    except OSError:  # reset while connecting: the listener closed with the connection in its queue
+        return "reset before any answer", None
     received = b""
     try:
         writer.write(request.encode(f"127.0.0.1:{port}"))

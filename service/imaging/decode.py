@@ -222,6 +222,8 @@ def decode_luma(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, working_si
     if factor > 1 and jpeg:  # DCT scaling; "L" decodes only the luminance
         image.draft("L" if image.mode in ("RGB", "YCbCr") else None, (image.width // factor, image.height // factor))
     pixels = _spng_pixels(data, image)
+    if pixels is not None and pixels.ndim == 2 and max(pixels.shape) <= working_side:
+        return Luma(pixels.astype(np.float32), 1.0)  # grey, small enough: already the luminance
     image = Image.fromarray(pixels, image.mode) if pixels is not None else _load(image, max_pixels)
     rest = _shrink_factor(image.size, working_side)
     transparent = image.mode in _ALPHA_MODES or "transparency" in image.info

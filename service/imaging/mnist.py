@@ -67,8 +67,9 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     height, width = box.shape
     # Centre of mass: the grey levels' weighted mean row and column. (cv2.moments would take an
     # [n,2] box for a contour's points: a digit one or two pixels wide, a "1", is one.)
-    com_row = float(np.average(np.arange(height), weights=box.sum(axis=1)))
-    com_col = float(np.average(np.arange(width), weights=box.sum(axis=0)))
+    rows, cols = box.sum(axis=1), box.sum(axis=0)  # (np.average's arithmetic, without its checks)
+    com_row = float(np.multiply(np.arange(height), rows, dtype=np.float64).sum() / rows.sum(dtype=np.float64))
+    com_col = float(np.multiply(np.arange(width), cols, dtype=np.float64).sum() / cols.sum(dtype=np.float64))
     top = _place(com_row, height)
     left = _place(com_col, width)
     digit = np.zeros((_MNIST_SIDE, _MNIST_SIDE), dtype=np.float32)

@@ -10,9 +10,10 @@ The paper's brightness is estimated on a thumbnail (64 to 128 pixels on the shor
 a morphological closing removes the strokes (anything darker and narrower than about a
 quarter of the shorter side), smoothly varying light (a gradient, a vignette) and a shadow's edge stay,
 and the estimate is scaled back up. Dividing by it turns a photo's uneven page into flat
-paper, on which one global threshold works. A drawing or a clean scan (no pixel noise, most
-of its pixels exactly the paper's level) is flat already: it skips the estimate, and the
-hysteresis too (its faint pixels are all a stroke's soft edge). Filtering, morphology,
+paper, on which one global threshold works. A drawing or a clean scan (at least half of its
+pixels exactly at the level of its corner) is flat already: it skips the noise estimate, the
+polarity vote, the paper estimate and the hysteresis (its faint pixels are all a stroke's soft
+edge). Filtering, morphology,
 thresholding and labelling are OpenCV's (see the README for why OpenCV rather than scipy.ndimage).
 """
 

@@ -175,6 +175,9 @@ def test_export_command_writes_model_and_manifest(short_run: Path, tmp_path: Pat
     assert entry["file"] == "digits.onnx" and entry["version"] == "3"
     assert entry["sha256"] == export.sha256_of(out)
     assert entry["input"]["shape"] == ["N", 1, 28, 28] and entry["metrics"]["test_accuracy"] > 0.7
+    # No trace of the machine that exported it: the exporter's stack traces name its source files.
+    assert str(Path(cli.__file__).resolve().parent).encode() not in out.read_bytes()
+    assert b"stack_trace" not in out.read_bytes()
 
 
 def test_missing_data_says_what_to_do(tmp_path: Path) -> None:

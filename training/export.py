@@ -76,6 +76,12 @@ def export_onnx(net: nn.Module, path: str | Path, metadata: Mapping[str, Any]) -
             verbose=False,
         )
         model = onnx.load(str(raw))
+    # The exporter annotates every node with debugging metadata, among it the Python stack trace
+    # of the export (file paths of the machine that ran it): none of it belongs in a shipped model.
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        del value.metadata_props[:]
     description = nets.ARCHITECTURES[metadata["architecture"]].description
     model.graph.doc_string = f"digits {metadata.get('name', '')}: {description}"
     model.producer_name = "digits"

@@ -293,9 +293,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{_local_accuracy(model, lifted):6.1%}   numbers exact {exact:.1%}, per digit {per_digit:.1%}, "
                   f"digit errors {errors:.1%}")
 
-    canvas = next(s for s in handwriting.canvases(digits, labels, 50, seed=6) if _size(s.data) == (280, 280))
-    transparent = next(s for s in handwriting.canvases(digits, labels, 50, seed=6)
-                       if _size(s.data) == (280, 280) and _mode(s.data) == "RGBA")
+    pads = [s for s in handwriting.canvases(digits, labels, 50, seed=6) if _size(s.data) == (280, 280)]
+    canvas = pads[0]
+    transparent = next(s for s in pads if _mode(s.data) == "RGBA")
     photo = _as_640x480(next(handwriting.photos(digits, labels, 1, seed=7)))
     number = next(s for s in handwriting.numbers(digits, labels, 200, seed=8)
                   if len(s.text) == 5 and s.kind == "number photo")
@@ -335,22 +335,22 @@ def _as_640x480(sample: handwriting.Sample) -> handwriting.Sample:
     return handwriting.Sample(out.getvalue(), sample.text, (), sample.kind)
 
 
-def _mode(data: bytes) -> str:
-    import io
-
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        return str(image.mode)
-
-
 def _size(data: bytes) -> tuple[int, int]:
+    return _header(data)[0]
+
+
+def _mode(data: bytes) -> str:
+    return _header(data)[1]
+
+
+def _header(data: bytes) -> tuple[tuple[int, int], str]:
+    """(size, mode) of an encoded image, from its header."""
     import io
 
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
-        return image.size
+        return image.size, str(image.mode)
 
 
 if __name__ == "__main__":

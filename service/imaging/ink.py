@@ -187,9 +187,9 @@ def _pieces(contrast: np.ndarray, small: bool, *, clean: bool) -> Ink:
         near = cv2.dilate(strong, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * _EDGE_REACH + 1,) * 2))
         mask = cv2.bitwise_and(mask, near)
     # Everything below works on the rectangle around the ink (a drawing's digit is a part of its
-    # pad). On a photo, labels only: OpenCV's labelling with statistics costs several times more
-    # than the labelling, and the statistics come from the ink's pixels alone; a clean image's
-    # rectangle is just its strokes', where the statistics cost less than the numpy calls.
+    # pad), and labels only: OpenCV's labelling with statistics costs several times more than the
+    # labelling, and the statistics come from the ink's pixels alone (none are needed for one
+    # piece: its box is the rectangle).
     left, top, width, height = cv2.boundingRect(mask)
     if not width:
         raise no_ink()
@@ -198,34 +198,31 @@ def _pieces(contrast: np.ndarray, small: bool, *, clean: bool) -> Ink:
     ink = contrast[region]
     short = min(contrast.shape)
     min_area = max(4.0, _MIN_AREA_FRACTION * short * short) if not small else 1.0
-    if clean:
-        count, labels = cv2.connectedComponents(inked, connectivity=8, ltype=cv2.CV_32S)
-        if count == 2:  # one piece (a digit drawn in one stroke): its box is the rectangle
-            stats: np.ndarray = np.array([[0, 0, 0, 0, 0], [0, 0, width, height, cv2.countNonZero(inked)]], np.int32)
-        else:
-            count, labels, stats, _ = cv2.connectedComponentsWithStats(inked, connectivity=8, ltype=cv2.CV_32S)
-        areas: np.ndarray = stats[:, cv2.CC_STAT_AREA]
-        strong = np.zeros(count, bool)
-        strong[labels[ink > high]] = True  # without the hysteresis: a piece needs a clearly dark pixel
-        keep: np.ndarray = (areas >= min_area) & strong
+    count, labels = cv2.connectedComponents(inked, connectivity=8, ltype=cv2.CV_32S)
+    if count == 2:  # one piece (a digit drawn in one stroke): its box is the rectangle
+        areas: np.ndarray = np.array([0, cv2.countNonZero(inked)])
     else:
-        count, labels = cv2.connectedComponents(inked, connectivity=8, ltype=cv2.CV_32S)
         points = cv2.findNonZero(inked).reshape(-1, 2)  # (x, y) of the labelled pixels, in the region
         xs, ys = points[:, 0], points[:, 1]
         which = labels[ys, xs]
         areas = np.bincount(which, minlength=count)
-        keep = areas >= min_area
+    keep: np.ndarray = areas >= min_area
+    if clean:  # without the hysteresis: a piece needs a clearly dark pixel
+        has_dark = np.zeros(count, dtype=bool)
+        has_dark[labels[ink > high]] = True
+        keep &= has_dark
     keep[0] = False  # the paper
     kept = np.flatnonzero(keep)
     if not kept.size:
         raise no_ink()
-    if kept.size < count - 1:  # some pieces dropped (usually none: then the labels stand)
-        relabel = np.zeros(count, dtype=np.int32)
-        relabel[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
-        labels = relabel[labels]
-        if not clean:
-            which = relabel[which]
-    boxes = stats[kept, :4] if clean else _boxes(ys, xs, which, kept.size)
+    if count == 2:
+        boxes = np.array([[0, 0, width, height]], np.int32)
+    else:
+        if kept.size < count - 1:  # some pieces dropped (usually none: then the labels stand)
+            relabel = np.zeros(count, dtype=np.int32)
+            relabel[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
+            labels, which = relabel[labels], relabel[which]
+        boxes = _boxes(ys, xs, which, kept.size)
     all_labels = np.zeros(contrast.shape, np.int32)
     all_labels[region] = labels
     strength = np.zeros(contrast.shape, np.float32)  # 0 off the ink

@@ -16,6 +16,7 @@ from service.lifespan import lifespan
 from service.metrics import Metrics
 from service.middleware import ServiceMiddleware
 from service.registry import ModelRegistry
+from service.routing import DirectRoutes
 from service.settings import Settings
 
 VERSION = "0.1.0"
@@ -50,7 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: limits and metrics see every request, before any body is read, and CORS wraps
     # them: a browser's preflight carries no key (it must not get 401), and a 401 or 413 needs the CORS
     # headers for the page that sent the request to read it.
-    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics, drain=drain)
+    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics, drain=drain,
+                       direct=DirectRoutes(app.routes, [api.router, read.router]))
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type",

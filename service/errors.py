@@ -131,27 +131,31 @@ def _location(loc: Any) -> str:
     return text
 
 
+def error_answer(exc: Exception, request: Request) -> Response | None:
+    """The answer to an error a route raised, or None when no rule covers it (a server error). The app's
+    exception handlers and :class:`service.routing.DirectRoutes` both answer through this."""
+    kserve = _speaks_kserve(request)
+    if isinstance(exc, RequestError):
+        return error_response(exc.status, exc.code, str(exc), exc.headers, kserve=kserve)
+    if isinstance(exc, StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}), kserve=kserve)
+    try:
+        rule = rule_for(exc.cause if isinstance(exc, ImageError) else exc)
+    except LookupError:
+        return None
+    message = describe_validation(exc.errors()) if isinstance(exc, RequestValidationError) else str(exc)
+    return error_response(rule.status, rule.code, message, rule.headers(exc), kserve=kserve)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """One handler per table entry, plus the HTTP layer's own errors and Starlette's (404 path, 405 method)."""
 
-    async def domain_error(request: Request, exc: Exception) -> Response:
-        rule = rule_for(exc.cause if isinstance(exc, ImageError) else exc)
-        message = describe_validation(exc.errors()) if isinstance(exc, RequestValidationError) else str(exc)
-        return error_response(rule.status, rule.code, message, rule.headers(exc), kserve=_speaks_kserve(request))
+    async def handler(request: Request, exc: Exception) -> Response:
+        answer = error_answer(exc, request)
+        if answer is None:  # registered only for the classes error_answer covers
+            raise exc
+        return answer
 
-    for cls in ERRORS:
-        app.add_exception_handler(cls, domain_error)
-    app.add_exception_handler(ImageError, domain_error)
-
-    async def request_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestError)
-        return error_response(exc.status, exc.code, str(exc), exc.headers, kserve=_speaks_kserve(request))
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}),
-                              kserve=_speaks_kserve(request))
-
-    app.add_exception_handler(RequestError, request_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
+    for cls in (*ERRORS, ImageError, RequestError, StarletteHTTPException):
+        app.add_exception_handler(cls, handler)

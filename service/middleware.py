@@ -6,7 +6,9 @@
 * adds the security headers to every answer;
 * while the process drains before stopping (:mod:`service.drain`), answers ``/readyz`` with 503
   and closes every connection after its response;
-* records every request's route, status and latency in the Prometheus metrics.
+* records every request's route, status and latency in the Prometheus metrics;
+* hands the requests for the fixed-path LeanRoutes (``/predict``, ``/read``, ``/healthz``) straight
+  to their handlers (:class:`service.routing.DirectRoutes`), past FastAPI's routing machinery.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from service import security
 from service.drain import Drain
 from service.errors import error_body
 from service.metrics import Metrics
+from service.routing import DirectRoutes
 
 CLOSE = (b"connection", b"close")
 
@@ -39,8 +42,10 @@ async def _send_json(send: Send, status: int, payload: bytes, headers: list[tupl
 
 
 class ServiceMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics, drain: Drain | None = None) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics, drain: Drain | None = None,
+                 direct: DirectRoutes | None = None) -> None:
         self.app = app
+        self.direct = direct
         self.drain = drain
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
@@ -91,10 +96,16 @@ class ServiceMiddleware:
                 status = message["status"]
                 response_started = True
                 message["headers"] = [*message.get("headers", []), *extra]
+                if self.drain is not None and self.drain.draining and CLOSE not in extra:  # began draining since
+                    message["headers"].append(CLOSE)
             await send(message)
 
+        direct = self.direct.match(scope["method"], path) if self.direct is not None else None
         try:
-            await self.app(scope, limited_receive, send_with_headers)
+            if direct is not None:
+                await DirectRoutes.serve(direct, scope, limited_receive, send_with_headers)
+            else:
+                await self.app(scope, limited_receive, send_with_headers)
         except BodyTooLargeError:
             if response_started:
                 raise

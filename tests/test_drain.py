@@ -120,8 +120,8 @@ def test_a_draining_app_is_not_ready_and_closes_every_connection(client: Any) ->
 class Outcome:
     statuses: Counter[int | str] = field(default_factory=Counter)
     digits: Counter[int] = field(default_factory=Counter)
-    after_signal: Counter[str] = field(default_factory=Counter)  # answers per replica after SIGTERM
-    closed_after_signal: Counter[str] = field(default_factory=Counter)  # ... that closed their connection
+    # Every answer: (replica, when its request was sent, whether it closed the connection).
+    answers: list[tuple[str, float, bool]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
 
@@ -193,7 +193,6 @@ def test_sigterm_under_load_with_a_drain_period_fails_no_request(
     victim, survivor = two_draining_replicas
     outcome = Outcome()
     lock = threading.Lock()
-    signalled = threading.Event()
     deadline = time.monotonic() + 1.0 + DRAIN_S + 2.0
 
     with ReadinessRotation(two_draining_replicas) as rotation:
@@ -203,7 +202,7 @@ def test_sigterm_under_load_with_a_drain_period_fails_no_request(
             with httpx.Client(timeout=30.0) as http:
                 address = rotation.pick()
                 while time.monotonic() < deadline:
-                    after = signalled.is_set()
+                    sent = time.monotonic()
                     try:
                         response = http.post(f"http://{address}/predict", json=body)
                     except httpx.TransportError as exc:
@@ -219,9 +218,7 @@ def test_sigterm_under_load_with_a_drain_period_fails_no_request(
                             outcome.digits[response.json()["predictions"][0]["digit"]] += 1
                         else:
                             outcome.failures.append(f"{address}: {response.status_code} {response.text[:200]}")
-                        if after:
-                            outcome.after_signal[address] += 1
-                            outcome.closed_after_signal[address] += closes
+                        outcome.answers.append((address, sent, closes))
                     if closes:
                         address = rotation.pick()
 
@@ -230,9 +227,15 @@ def test_sigterm_under_load_with_a_drain_period_fails_no_request(
             thread.start()
         time.sleep(1.0)
         victim.send(signal.SIGTERM)
-        signalled.set()
-        # At once: not ready, yet still serving, and closing the connection after each answer.
+        # Soon (the signal reaches the victim's event loop a moment later): not ready, yet still serving,
+        # and closing the connection after each answer.
         ready = httpx.get(f"http://{victim.address}/readyz", timeout=10)
+        for _ in range(50):
+            if ready.status_code == 503:
+                break
+            time.sleep(0.02)
+            ready = httpx.get(f"http://{victim.address}/readyz", timeout=10)
+        draining_since = time.monotonic()
         alive = httpx.get(f"http://{victim.address}/healthz", timeout=10)
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()) + 35.0)
@@ -242,12 +245,14 @@ def test_sigterm_under_load_with_a_drain_period_fails_no_request(
     assert alive.status_code == 200 and alive.headers["connection"] == "close"
     assert outcome.failures == [], outcome.statuses
     assert set(outcome.statuses) == {200} and set(outcome.digits) == {label}
-    # The draining replica answered the requests already on its connections, closing each of them,
-    # and the traffic moved to the other replica, whose connections stayed open.
-    assert outcome.after_signal[victim.address] > 0, outcome.after_signal
-    assert outcome.closed_after_signal[victim.address] == outcome.after_signal[victim.address]
-    assert outcome.after_signal[survivor.address] > 0
-    assert outcome.closed_after_signal[survivor.address] == 0
+    # The draining replica answered the requests on its connections, closing them, and every request
+    # sent to it once it was draining was answered and closed its connection; the traffic moved to the
+    # other replica, whose connections stayed open.
+    victim_answers = [(sent, closes) for address, sent, closes in outcome.answers if address == victim.address]
+    assert any(closes for _, closes in victim_answers), "the draining replica closed no connection"
+    assert all(closes for sent, closes in victim_answers if sent >= draining_since)
+    assert any(address == survivor.address and sent >= draining_since for address, sent, _ in outcome.answers)
+    assert not any(closes for address, _, closes in outcome.answers if address == survivor.address)
     # Then it stopped as uvicorn stops on SIGTERM: killed by the signal it re-raises.
     assert victim.wait_exit(60) == -signal.SIGTERM, "the replica should exit once the drain is over"
     assert survivor.alive

@@ -202,9 +202,7 @@ class ModelRegistry:
         while True:
             served = self.get(name, version)
             try:
-                # asyncio.timeout_at, unlike wait_for, costs no extra task per request.
-                async with asyncio.timeout_at(deadline):
-                    return served, await served.batcher.submit(x)
+                return served, await served.batcher.submit(x, deadline)
             except BatcherClosedError:
                 if self.served.get(served.model.name) in (None, served):  # closed for good: shutting down
                     raise

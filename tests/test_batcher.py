@@ -308,3 +308,22 @@ async def test_an_inline_failure_is_the_same_inference_error_as_in_the_thread() 
     with pytest.raises(InferenceError, match="boom"):
         await batcher.submit(images(1))
     await batcher.close()
+
+
+async def test_a_request_past_its_deadline_times_out_and_a_queued_one_never_runs() -> None:
+    model = Recorder()
+    model.gate.clear()  # the first batch holds the model
+    batcher = DynamicBatcher(model, max_batch_size=4)
+    loop = asyncio.get_running_loop()
+    running = asyncio.create_task(batcher.submit(images(1), deadline=loop.time() + 0.1))
+    await asyncio.sleep(0.02)
+    queued = asyncio.create_task(batcher.submit(images(2), deadline=loop.time() + 0.05))
+    patient = asyncio.create_task(batcher.submit(images(3), deadline=loop.time() + 30))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(queued, 5)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(running, 5)  # still inside the model when its deadline passed
+    model.gate.set()
+    assert (await asyncio.wait_for(patient, 5))[0].tolist() == [3]
+    assert model.batches == [1, 1]  # the expired queued request was never run
+    await batcher.close()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Annotated, Any, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, cast, get_args, get_origin, get_type_hints
 
 from fastapi import Request
 from fastapi import params as fastapi_params
@@ -99,12 +99,13 @@ class DirectRoutes:
         self._routes: dict[tuple[str, str], LeanRoute] = {}
         for router in routers:
             for route in router.routes:
-                if not isinstance(route, LeanRoute) or route.param_convertors:
+                # By the handler, not the class: bench/stock_routes_app.py swaps LeanRoute for APIRoute.
+                if not isinstance(route, APIRoute) or not hasattr(route, "lean_handler") or route.param_convertors:
                     continue
                 for method in route.methods or ():
                     probe: Scope = {"type": "http", "method": method, "path": route.path, "root_path": ""}
                     if _first_match(app_routes, probe) is router and _first_match(router.routes, probe) is route:
-                        self._routes[(method, route.path)] = route
+                        self._routes[(method, route.path)] = cast(LeanRoute, route)
 
     @property
     def paths(self) -> set[tuple[str, str]]:

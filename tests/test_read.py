@@ -68,9 +68,9 @@ def test_all_digits_of_a_request_go_to_the_model_in_one_batch(
     calls: list[int] = []
     submit = batcher.submit
 
-    async def counting(x: np.ndarray) -> tuple[np.ndarray, ...]:
+    async def counting(x: np.ndarray, deadline: float | None = None) -> tuple[np.ndarray, ...]:
         calls.append(len(x))
-        return await submit(x)
+        return await submit(x, deadline)
 
     monkeypatch.setattr(batcher, "submit", counting)
     files = [("file", ("a", numbers[0].data, "image/png")), ("file", ("b", numbers[1].data, "image/jpeg"))]

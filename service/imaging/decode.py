@@ -4,6 +4,10 @@
           --decode_luma--> float32 [H,W] luminance 0..255, transparency flattened,
                            shrunk by a whole factor when larger than the working size
 
+An 8-bit L, RGB or RGBA PNG up to the working size (a drawing pad's export) skips Pillow's
+header parse (tens of microseconds, a tenth of such an upload's cost): its size comes from
+the 33 bytes of its IHDR chunk, and libspng decodes it.
+
 The size is checked from the header before any pixel is decoded (decompression bombs),
 only the formats people send are tried, and a file that is not one of them is named in
 the error ("HEIC images are not supported"). numpy + Pillow.
@@ -28,7 +32,17 @@ try:  # libspng decodes PNG about 1.7x as fast as Pillow's zlib path (bench/benc
 except ImportError:  # an install without it decodes every PNG with Pillow
     pyspng = None
 
-__all__ = ["DEFAULT_MAX_PIXELS", "SUPPORTED_FORMATS", "WORKING_SIDE", "Luma", "decode_image", "decode_luma", "luma_of"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "SUPPORTED_FORMATS",
+    "WORKING_SIDE",
+    "Luma",
+    "PngHeader",
+    "decode_image",
+    "decode_luma",
+    "luma_of",
+    "png_header",
+]
 
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "BMP", "WEBP", "GIF"})
 DEFAULT_MAX_PIXELS: int = 40_000_000
@@ -215,6 +229,11 @@ def decode_luma(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, working_si
     """Uploaded bytes -> their luminance, shrunk by a whole factor to at most `working_side`
     pixels a side (a JPEG: JPEG_WORKING_SIDE, decoding straight to the smaller size; others are
     box-averaged, which keeps thin strokes). Raises ImageDecodeError or ImageTooLargeError."""
+    pixels = _small_png_pixels(data, max_pixels, working_side)
+    if pixels is not None:  # a drawing pad's export, most uploads: no Pillow header parse
+        if pixels.ndim == 2:
+            return Luma(pixels.astype(np.float32), 1.0)  # grey: already the luminance
+        return Luma(luma_of(Image.fromarray(pixels, "RGB" if pixels.shape[2] == 3 else "RGBA")), 1.0)
     image = _open(data, max_pixels)
     longest = max(image.size)  # the uploaded side, whatever the EXIF orientation
     jpeg = _FORMAT_ALIASES.get(image.format or "", image.format) == "JPEG"
@@ -235,20 +254,82 @@ def decode_luma(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, working_si
     return Luma(luma, longest / max(luma.shape))
 
 
+@dataclass(frozen=True, slots=True)
+class PngHeader:
+    """What a PNG's IHDR chunk declares (PNG specification, section 11.2.2)."""
+
+    width: int
+    height: int
+    bit_depth: int
+    colour_type: int  # 0 grey, 2 RGB, 3 palette, 4 grey and alpha, 6 RGBA
+    interlace: int  # 0 none, 1 Adam7
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# length (13), type, width, height, bit depth, colour type, compression, filter, interlace, CRC
+_IHDR = struct.Struct(">I4sIIBBBBBI")
+_IHDR_END = len(_PNG_SIGNATURE) + _IHDR.size  # 33 bytes
+# The 8-bit colour types whose pixels libspng gives in the mode Pillow gives them.
+_SPNG_COLOUR_MODES = {0: "L", 2: "RGB", 6: "RGBA"}
+
+
+def png_header(data: bytes) -> PngHeader | None:
+    """The header of a PNG, read from its first 33 bytes: a few microseconds, where Pillow's
+    Image.open costs tens (it parses every chunk up to the pixels). None when `data` does not
+    start with a well-formed IHDR (wrong signature, length or CRC, a truncated file): Pillow
+    then reads it, and names what is wrong."""
+    if len(data) < _IHDR_END or not data.startswith(_PNG_SIGNATURE):
+        return None
+    length, kind, width, height, depth, colour, compression, filtering, interlace, crc = _IHDR.unpack_from(
+        data, len(_PNG_SIGNATURE)
+    )
+    if length != 13 or kind != b"IHDR" or zlib.crc32(data[12:29]) != crc:
+        return None
+    if compression or filtering or interlace > 1:
+        return None
+    return PngHeader(width, height, depth, colour, interlace)
+
+
+def _small_png_pixels(data: bytes, max_pixels: int, working_side: int) -> np.ndarray | None:
+    """The pixels of an 8-bit L, RGB or RGBA PNG no larger than `working_side` a side (a
+    drawing pad's export), by libspng, without Pillow's header parse; its declared size is
+    checked against `max_pixels` from the IHDR first. None for anything else (Pillow decodes
+    it, see `_spng_pixels`), and for data libspng refuses. libspng checks the same IHDR and
+    the critical chunks, so what it accepts Pillow accepts too, with one exception: a
+    metadata (ancillary) chunk failing its CRC, which Pillow's header parse refuses and
+    libspng skips, and which cannot change the pixels."""
+    if pyspng is None:
+        return None
+    header = png_header(data)
+    if header is None or header.bit_depth != 8 or header.colour_type not in _SPNG_COLOUR_MODES:
+        return None
+    width, height = header.width, header.height
+    if not (0 < width <= working_side and 0 < height <= working_side) or width * height > max_pixels:
+        return None  # empty, large (shrunk on the general path) or too large (refused there)
+    return _spng_decode(data, _SPNG_COLOUR_MODES[header.colour_type], width, height)
+
+
+def _spng_decode(data: bytes, mode: str, width: int, height: int) -> np.ndarray | None:
+    """libspng's pixels of a PNG whose header declares `mode` and this size, unless a chunk
+    may change what Pillow would make of them (a colour-key transparency, EXIF or XMP metadata
+    that may hold an orientation) or libspng refuses the data: None, and Pillow decodes it."""
+    if b"tRNS" in data or b"eXIf" in data or b"xmp" in data:
+        return None
+    try:
+        pixels = pyspng.load(data, mode)
+    except (RuntimeError, ValueError):
+        return None
+    return pixels if pixels.shape[:2] == (height, width) else None
+
+
 def _spng_pixels(data: bytes, image: Image.Image) -> np.ndarray | None:
     """The pixels of an 8-bit L, RGB or RGBA PNG by libspng, the same values Pillow decodes;
     None for everything else (other formats and modes, a colour-key transparency, EXIF or XMP
     metadata that may hold an orientation, no pyspng) and for data libspng refuses: Pillow then
     decodes it, and names what is wrong with it."""
-    if pyspng is None or image.format != "PNG" or image.mode not in _SPNG_MODES:
+    if pyspng is None or image.format != "PNG" or image.mode not in _SPNG_MODES or "transparency" in image.info:
         return None
-    if "transparency" in image.info or b"eXIf" in data or b"xmp" in data:
-        return None
-    try:
-        pixels = pyspng.load(data, image.mode)
-    except (RuntimeError, ValueError):
-        return None
-    return pixels if pixels.shape[:2] == (image.height, image.width) else None
+    return _spng_decode(data, image.mode, image.width, image.height)
 
 
 def _reducible(image: Image.Image) -> Image.Image:

@@ -739,3 +739,18 @@ def test_small_png_with_a_corrupt_metadata_chunk_is_read() -> None:
     np.testing.assert_array_equal(preprocess_image_bytes(bad), preprocess_image_bytes(data))
     with pytest.raises(ImageDecodeError):
         decode_image(bad)
+
+
+def test_stroke_contrast_is_the_percentile_rule() -> None:
+    """`_contrasts` decides as the 90th percentile of the strokes' distance from the colour
+    under the transparent pixels does, including when the farthest stroke alone decides."""
+    from service.imaging import decode
+
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        low = int(rng.integers(0, 256))
+        high = min(256, low + int(rng.integers(1, 120)))
+        strokes = rng.integers(low, high, int(rng.integers(1, 400))).astype(np.uint8)
+        under = float(rng.choice([0.0, 255.0, float(rng.integers(0, 256)), float(rng.integers(0, 255)) + 0.5]))
+        expected = bool(np.percentile(np.abs(strokes - np.float32(under)), 90) >= decode._STROKE_CONTRAST)
+        assert decode._contrasts(strokes, under) == expected

@@ -240,8 +240,7 @@ def _pieces(contrast: np.ndarray, shape: tuple[int, ...], origin: tuple[int, int
     all_labels = np.zeros(shape, np.int32)
     all_labels[region] = labels
     strength = np.zeros(shape, np.float32)  # 0 off the ink
-    np.multiply(ink, labels > 0, out=strength[region], dtype=np.float32)
-    np.maximum(strength[region], np.float32(0.0), out=strength[region])  # contrast <= 255 already
+    np.copyto(strength[region], ink, where=labels > 0)  # a piece's pixels: contrast > low > 0, <= 255
     offset = np.array([left, top, 0, 0], np.int32)
     return Ink(strength, all_labels, (boxes + offset).astype(np.int32), areas[kept].astype(np.int32), high)
 

@@ -655,3 +655,102 @@ def test_libspng_and_pillow_decode_the_same_pngs(mode: str, mnist_test_sample: t
     palette = io.BytesIO()
     Image.fromarray(pixels if mode == "L" else pixels[..., 0]).convert("P").save(palette, "PNG")
     assert decode._spng_pixels(palette.getvalue(), decode._open(palette.getvalue(), 10**6)) is None
+
+
+def _png_bytes(pixels: np.ndarray, mode: str, **params: object) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(out, "PNG", **params)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("mode", "depth", "colour"),
+    [("L", 8, 0), ("RGB", 8, 2), ("RGBA", 8, 6), ("LA", 8, 4), ("P", 8, 3), ("I;16", 16, 0), ("1", 1, 0)],
+)
+def test_png_header_reads_what_pillow_reads(mode: str, depth: int, colour: int) -> None:
+    """The IHDR reader agrees with Pillow on the size, and gives the PNG's bit depth and colour
+    type (the spec's numbers) for every mode Pillow writes; the three that go to libspng are
+    the modes Pillow opens them as."""
+    from service.imaging.decode import _SPNG_COLOUR_MODES, PngHeader, png_header
+
+    pixels = (np.arange(37 * 53) % 251).astype(np.uint8).reshape(37, 53)
+    data = _png_bytes(pixels, mode)
+    assert png_header(data) == PngHeader(53, 37, depth, colour, 0)
+    with Image.open(io.BytesIO(data)) as image:
+        assert (image.width, image.height) == (53, 37)
+        if depth == 8:
+            assert _SPNG_COLOUR_MODES.get(colour, image.mode) == image.mode
+
+
+def test_png_header_refuses_what_is_not_a_well_formed_ihdr() -> None:
+    """None (Pillow then reads the file and names the problem) for other formats, a file cut
+    short of its header, and a header whose length, type or CRC is wrong."""
+    from service.imaging.decode import png_header
+
+    data = _png_bytes(np.zeros((4, 4), np.uint8), "L")
+    assert png_header(data) is not None
+    jpeg = io.BytesIO()
+    Image.new("L", (4, 4)).save(jpeg, "JPEG")
+    broken_crc = data[:29] + bytes([data[29] ^ 1]) + data[30:]
+    wrong_length = data[:11] + b"\x0e" + data[12:]
+    wrong_type = data[:12] + b"IHDX" + data[16:]
+    odd_interlace = data[:28] + b"\x02" + struct.pack(">I", zlib.crc32(data[12:28] + b"\x02")) + data[33:]
+    for bad in (b"", data[:8], data[:32], jpeg.getvalue(), broken_crc, wrong_length, wrong_type, odd_interlace):
+        assert png_header(bad) is None
+
+
+def test_small_png_is_decoded_without_pillow_after_its_size_check() -> None:
+    """An 8-bit L/RGB/RGBA PNG up to the working size skips Pillow's header parse, and its
+    declared size is still checked before a pixel is decoded: a header lying about its size
+    is refused with 413 from the header alone, never decoded."""
+    pytest.importorskip("pyspng")
+    from service.imaging import decode
+
+    pixels = np.zeros((60, 50), np.uint8)
+    pixels[10:40, 20:30] = 255
+    data = _png_bytes(pixels, "L")
+    assert decode._small_png_pixels(data, DEFAULT_MAX_PIXELS, decode.WORKING_SIDE) is not None
+    assert decode._small_png_pixels(data, 60 * 50 - 1, decode.WORKING_SIDE) is None  # refused by _open
+    with pytest.raises(ImageTooLargeError):
+        decode.decode_luma(data, max_pixels=60 * 50 - 1)
+    assert decode._small_png_pixels(data, DEFAULT_MAX_PIXELS, 59) is None  # larger: the shrinking path
+    for other in ("LA", "P", "I;16"):
+        assert decode._small_png_pixels(_png_bytes(pixels, other), DEFAULT_MAX_PIXELS, decode.WORKING_SIDE) is None
+    keyed = _png_bytes(pixels, "L", transparency=0)  # a tRNS chunk: Pillow flattens it
+    assert decode._small_png_pixels(keyed, DEFAULT_MAX_PIXELS, decode.WORKING_SIDE) is None
+
+    huge = bytearray(data)  # declares 60 x 50000 pixels, holds 60 x 50
+    huge[16:20] = struct.pack(">I", 50_000)
+    huge[29:33] = struct.pack(">I", zlib.crc32(bytes(huge[12:29])))
+    with pytest.raises(ImageTooLargeError):
+        decode.decode_luma(bytes(huge), max_pixels=1_000_000)
+
+
+def test_small_png_with_a_corrupt_metadata_chunk_is_read() -> None:
+    """A PNG whose ancillary chunk (text) fails its CRC: libspng skips the chunk and decodes
+    the pixels, where Pillow's header parse refuses the file (a large one, going through
+    Pillow, is still refused). Pinned here because it is the fast path's one difference."""
+    pytest.importorskip("pyspng")
+    pixels = np.zeros((60, 50), np.uint8)
+    pixels[10:40, 20:30] = 255
+    data = _png_bytes(pixels, "L")
+    body = b"tEXtComment\x00hello"
+    bad = data[:33] + struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body) ^ 1) + data[33:]
+    np.testing.assert_array_equal(preprocess_image_bytes(bad), preprocess_image_bytes(data))
+    with pytest.raises(ImageDecodeError):
+        decode_image(bad)
+
+
+def test_stroke_contrast_is_the_percentile_rule() -> None:
+    """`_contrasts` decides as the 90th percentile of the strokes' distance from the colour
+    under the transparent pixels does, including when the farthest stroke alone decides."""
+    from service.imaging import decode
+
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        low = int(rng.integers(0, 256))
+        high = min(256, low + int(rng.integers(1, 120)))
+        strokes = rng.integers(low, high, int(rng.integers(1, 400))).astype(np.uint8)
+        under = float(rng.choice([0.0, 255.0, float(rng.integers(0, 256)), float(rng.integers(0, 255)) + 0.5]))
+        expected = bool(np.percentile(np.abs(strokes - np.float32(under)), 90) >= decode._STROKE_CONTRAST)
+        assert decode._contrasts(strokes, under) == expected

@@ -113,3 +113,45 @@ def test_a_faint_mark_on_a_clean_drawing_is_not_ink(mnist_test_sample: tuple[np.
     assert x + w <= 152
     edge = (page > 0) & (page < ink.core)  # the digit's anti-aliased edge pixels
     assert ink.strength[40:152, 40:152][edge[40:152, 40:152]].any()
+
+
+@pytest.mark.parametrize("shape", [(280, 280), (201, 153), (48, 40)])
+def test_clean_image_is_thresholded_on_its_ink_rectangle_as_on_the_whole(shape: tuple[int, int]) -> None:
+    """A clean image's contrast is computed on the rectangle around its ink only; the
+    threshold (Otsu's, of every other pixel of the image, or every pixel of a small one) is
+    exactly the one of the whole image's contrast, wherever the rectangle starts (odd or even
+    rows and columns), and so are the pieces."""
+    from service.imaging import ink as ink_module
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        image = np.zeros(shape, np.float32)
+        top, left = int(rng.integers(1, shape[0] // 2)), int(rng.integers(1, shape[1] // 2))
+        height, width = int(rng.integers(3, shape[0] - top)), int(rng.integers(3, shape[1] - left))
+        image[top : top + height, left : left + width] = rng.uniform(0, 255, (height, width)) * (
+            rng.random((height, width)) < 0.3
+        )  # specks and faint pixels, and blobs of ink: some kept, some dropped
+        for _ in range(3):
+            row, col = top + int(rng.integers(height)), left + int(rng.integers(width))
+            image[row : min(row + 12, top + height), col : min(col + 9, left + width)] = rng.uniform(30, 255)
+        found = ink_module._clean_contrast(image)
+        assert found is not None
+        contrast, origin = found
+        whole = np.zeros(shape, np.float32)
+        whole[origin[0] : origin[0] + contrast.shape[0], origin[1] : origin[1] + contrast.shape[1]] = contrast
+        np.testing.assert_array_equal(whole, image)  # white ink on black: the contrast is the image
+        small = min(shape) < 64
+        assert ink_module._thresholds(contrast, shape, origin, small, True) == ink_module._thresholds(
+            whole, shape, (0, 0), small, True
+        )
+        windowed = ink_module._pieces(contrast, shape, origin, small, clean=True)
+        reference = ink_module._pieces(whole, shape, (0, 0), small, clean=True)
+        for field in ("strength", "labels", "boxes", "areas"):
+            np.testing.assert_array_equal(getattr(windowed, field), getattr(reference, field))
+        assert windowed.core == reference.core
+
+
+def test_flat_image_has_no_ink() -> None:
+    for level in (0.0, 128.0, 255.0):
+        with pytest.raises(NoInkError):
+            find_ink(np.full((80, 80), level, np.float32))

@@ -13,7 +13,8 @@ and the estimate is scaled back up. Dividing by it turns a photo's uneven page i
 paper, on which one global threshold works. A drawing or a clean scan (at least half of its
 pixels exactly at the level of its corner) is flat already: it skips the noise estimate, the
 polarity vote, the paper estimate and the hysteresis (its faint pixels are all a stroke's soft
-edge). Filtering, morphology,
+edge), and works on the rectangle around the pixels off the paper's level only (a drawing's
+digit is a part of its pad), with the threshold of the whole image. Filtering, morphology,
 thresholding and labelling are OpenCV's (see the README for why OpenCV rather than scipy.ndimage).
 """
 
@@ -81,27 +82,36 @@ def find_ink(luma: np.ndarray) -> Ink:
     small = min(image.shape) < _SMALL_SIDE
     clean = _clean_contrast(image)
     if clean is not None:
-        return _pieces(clean, small, clean=True)
+        contrast, origin = clean
+        return _pieces(contrast, image.shape, origin, small, clean=True)
     if not small and _pixel_noise(image) > _NOISY:
         image = cv2.GaussianBlur(image, (0, 0), _SMOOTH_SIGMA)
     thumb = _thumbnail(image)
     if not _dark_ink(image, thumb):
         image, thumb = np.float32(255.0) - image, np.float32(255.0) - thumb  # light ink: now dark
-    return _pieces(_flatten(image, thumb, small), small, clean=False)
+    return _pieces(_flatten(image, thumb, small), image.shape, (0, 0), small, clean=False)
 
 
-def _clean_contrast(image: np.ndarray) -> np.ndarray | None:
+def _clean_contrast(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]] | None:
     """A drawing or a clean scan: at least half of the pixels exactly at the paper's level (that
     of the top-left corner). Then the contrast is the distance from that level towards the
     farther extreme (the ink), scaled so that the extreme colour (black or white) is 255; else
-    None (a photo, a noisy scan: the general path)."""
+    None (a photo, a noisy scan: the general path). The contrast is 0 wherever a pixel is at
+    the paper's level, so only the rectangle around the other pixels is computed (a drawing's
+    digit is a part of its pad): it comes with its (top, left) in the image."""
     level = float(image[0, 0])
-    if 2 * np.count_nonzero(image == np.float32(level)) < image.size:
+    differs = image != np.float32(level)
+    if 2 * np.count_nonzero(differs) > image.size:
         return None
-    low, high, _, _ = cv2.minMaxLoc(image)
+    left, top, width, height = cv2.boundingRect(differs.view(np.uint8))
+    if not width:  # one flat tone
+        raise no_ink()
+    window = image[top : top + height, left : left + width]
+    low, high, _, _ = cv2.minMaxLoc(window)
+    low, high = min(low, level), max(high, level)  # as over the whole image
     if level - low > high - level:  # dark ink on light paper
-        return (np.float32(level) - image) * np.float32(255.0 / level)
-    return (image - np.float32(level)) * np.float32(255.0 / max(255.0 - level, 1.0))
+        return (np.float32(level) - window) * np.float32(255.0 / level), (top, left)
+    return (window - np.float32(level)) * np.float32(255.0 / max(255.0 - level, 1.0)), (top, left)
 
 
 def _pixel_noise(image: np.ndarray) -> float:
@@ -174,10 +184,11 @@ def _flatten(image: np.ndarray, thumb: np.ndarray, small: bool) -> np.ndarray:
     return np.float32(255.0) - ratio
 
 
-def _pieces(contrast: np.ndarray, small: bool, *, clean: bool) -> Ink:
-    """Threshold the contrast and keep the connected pieces that are ink. `clean`: the paper is
-    flat and noiseless, so every faint pixel is a stroke's edge."""
-    high, low = _thresholds(contrast, small, clean)
+def _pieces(contrast: np.ndarray, shape: tuple[int, ...], origin: tuple[int, int], small: bool, *, clean: bool) -> Ink:
+    """Threshold the contrast and keep the connected pieces that are ink. `contrast` covers the
+    rectangle at `origin` (top, left) of an image of `shape`, outside which it is 0 (paper).
+    `clean`: the paper is flat and noiseless, so every faint pixel is a stroke's edge."""
+    high, low = _thresholds(contrast, shape, origin, small, clean)
     mask: np.ndarray = (contrast > low).view(np.uint8)
     if not clean:
         # Hysteresis within reach: faint pixels count where they are near clearly dark ones (a
@@ -193,10 +204,11 @@ def _pieces(contrast: np.ndarray, small: bool, *, clean: bool) -> Ink:
     left, top, width, height = cv2.boundingRect(mask)
     if not width:
         raise no_ink()
+    inked = np.ascontiguousarray(mask[top : top + height, left : left + width])
+    ink = contrast[top : top + height, left : left + width]
+    top, left = top + origin[0], left + origin[1]  # in the image
     region = (slice(top, top + height), slice(left, left + width))
-    inked = np.ascontiguousarray(mask[region])
-    ink = contrast[region]
-    short = min(contrast.shape)
+    short = min(shape)
     min_area = max(4.0, _MIN_AREA_FRACTION * short * short) if not small else 1.0
     count, labels = cv2.connectedComponents(inked, connectivity=8, ltype=cv2.CV_32S)
     if count == 2:  # one piece (a digit drawn in one stroke): its box is the rectangle
@@ -207,7 +219,9 @@ def _pieces(contrast: np.ndarray, small: bool, *, clean: bool) -> Ink:
         which = labels[ys, xs]
         areas = np.bincount(which, minlength=count)
     keep: np.ndarray = areas >= min_area
-    if clean:  # without the hysteresis: a piece needs a clearly dark pixel
+    if clean and count == 2:  # one piece: every clearly dark pixel is in it
+        keep[1] &= float(ink.max()) > high
+    elif clean:  # without the hysteresis: a piece needs a clearly dark pixel
         has_dark = np.zeros(count, dtype=bool)
         has_dark[labels[ink > high]] = True
         keep &= has_dark
@@ -223,11 +237,10 @@ def _pieces(contrast: np.ndarray, small: bool, *, clean: bool) -> Ink:
             relabel[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
             labels, which = relabel[labels], relabel[which]
         boxes = _boxes(ys, xs, which, kept.size)
-    all_labels = np.zeros(contrast.shape, np.int32)
+    all_labels = np.zeros(shape, np.int32)
     all_labels[region] = labels
-    strength = np.zeros(contrast.shape, np.float32)  # 0 off the ink
-    np.multiply(ink, labels > 0, out=strength[region], dtype=np.float32)
-    np.maximum(strength[region], np.float32(0.0), out=strength[region])  # contrast <= 255 already
+    strength = np.zeros(shape, np.float32)  # 0 off the ink
+    np.copyto(strength[region], ink, where=labels > 0)  # a piece's pixels: contrast > low > 0, <= 255
     offset = np.array([left, top, 0, 0], np.int32)
     return Ink(strength, all_labels, (boxes + offset).astype(np.int32), areas[kept].astype(np.int32), high)
 
@@ -244,17 +257,34 @@ def _boxes(ys: np.ndarray, xs: np.ndarray, which: np.ndarray, count: int) -> np.
     return np.stack([left, top, right - left + 1, bottom - top + 1], axis=1).astype(np.int32)
 
 
-def _thresholds(contrast: np.ndarray, small: bool, clean: bool) -> tuple[float, float]:
+def _thresholds(
+    contrast: np.ndarray, shape: tuple[int, ...], origin: tuple[int, int], small: bool, clean: bool
+) -> tuple[float, float]:
     """(high, low): Otsu's threshold of the contrast, raised to the minimum contrast and above
     the paper's noise (a robust sigma from the median absolute deviation of a sample; none on
-    clean paper, whose contrast is exactly 0)."""
+    clean paper, whose contrast is exactly 0). `contrast` covers the rectangle at `origin` of
+    an image of `shape` (a clean image's: 0 outside it), as in `_pieces`."""
     centre = sigma = 0.0
     if not clean:
         sample = contrast if small else contrast[::4, ::4]
         centre = float(np.median(sample))
         sigma = 1.4826 * float(np.median(np.abs(sample - np.float32(centre))))
-    levels = np.clip(contrast if small else contrast[::2, ::2], 0.0, 255.0).astype(np.uint8)
-    otsu, _ = cv2.threshold(levels, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    otsu, _ = cv2.threshold(_levels(contrast, shape, origin, 1 if small else 2), 0, 255,
+                            cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     high = max(float(otsu), _MIN_CONTRAST, centre + _NOISE_SIGMAS * sigma)
     low = max(_LOW_FRACTION * high, centre + 0.5 * _NOISE_SIGMAS * sigma)
     return high, low
+
+
+def _levels(contrast: np.ndarray, shape: tuple[int, ...], origin: tuple[int, int], step: int) -> np.ndarray:
+    """uint8 contrast levels of every `step`-th row and column of the image, for Otsu's
+    threshold: the rectangle's own, among the zeros (paper) around it. The image's grid, not
+    the rectangle's, so that the threshold is the one of the whole image's contrast."""
+    top, left = origin
+    levels = np.clip(contrast[-top % step :: step, -left % step :: step], 0.0, 255.0).astype(np.uint8)
+    if contrast.shape == shape:
+        return levels
+    whole = np.zeros((-(-shape[0] // step), -(-shape[1] // step)), np.uint8)
+    row, col = -(-top // step), -(-left // step)  # the rectangle's first sampled row and column
+    whole[row : row + levels.shape[0], col : col + levels.shape[1]] = levels
+    return whole

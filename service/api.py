@@ -111,7 +111,7 @@ def _parse_json(body: bytes) -> PixelsRequest | ImagesRequest:
 
 async def read_inputs(request: Request, settings: Settings) -> tuple[np.ndarray, float]:
     """Any accepted request body -> (float32 [N,1,28,28] MNIST-style pixels, the event loop's clock when the
-    body was in). The request timeout counts from then: image files wait for one of ``decode_threads``,
+    body was in). The request timeout counts from then: image files may wait for one of ``decode_threads``,
     and a request still waiting ``request_timeout_s`` after its body was in gets 504."""
     body = await read_body(request, settings, pixels=True)
     if isinstance(body, np.ndarray):
@@ -162,13 +162,33 @@ async def read_body(request: Request, settings: Settings, *, pixels: bool) -> np
     return blobs
 
 
+def _decode_inline(blobs: list[bytes], budget: int) -> bool:
+    """Whether every image is a PNG and their declared pixels add up to at most ``budget``."""
+    total = 0
+    for data in blobs:
+        pixels = imaging.png_pixels(data)
+        if pixels is None:
+            return False
+        total += pixels
+        if total > budget:
+            return False
+    return True
+
+
 async def decode_blobs(
     convert: Callable[..., T], blobs: list[bytes], settings: Settings
 ) -> tuple[list[T], float]:
-    """``convert(data, max_pixels=max_image_pixels)`` for every image, in the thread pool -> (the results,
-    the event loop's clock when the body was in), or a timeout error when it waited more than the request
-    timeout. A bad image's error names its position (from 1)."""
+    """``convert(data, max_pixels=max_image_pixels)`` for every image -> (the results, the event loop's clock
+    when the body was in), or a timeout error when it waited more than the request timeout for a decoding
+    thread. A bad image's error names its position (from 1).
+
+    Small PNGs (together at most ``decode_inline_pixels``, by their headers: what a drawing pad sends) are
+    decoded on the event loop itself; everything else in the decoding threads. Preprocessing is many short
+    library calls, each of which lets go of the interpreter and must win it back from the event loop, so
+    on a busy server a thread costs a small image more than it gives (bench/RESULTS.md)."""
     since = asyncio.get_running_loop().time()
+    if _decode_inline(blobs, settings.decode_inline_pixels):
+        return _each_image(convert, blobs, settings.max_image_pixels), since
     try:
         async with asyncio.timeout_at(since + settings.request_timeout_s):
             return await run_in_threadpool(_each_image, convert, blobs, settings.max_image_pixels), since

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -17,9 +18,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service import api
+from service import api, imaging
 from service.app import create_app
 from service.settings import Settings
+from testkit import handwriting
 from tests.helpers import png_bytes
 
 
@@ -253,7 +255,8 @@ def test_waiting_for_a_busy_image_decoder_counts_against_the_request_timeout(
     monkeypatch.setattr(api, "_each_image", slow_decode)
     images, labels = mnist_test_sample
     upload = {"file": ("digit.png", png_bytes(images[0]), "image/png")}
-    app = create_app(Settings(models_dir=models_dir, decode_threads=1, request_timeout_s=timeout_s))
+    app = create_app(Settings(models_dir=models_dir, decode_threads=1, decode_inline_pixels=0,
+                              request_timeout_s=timeout_s))
     with TestClient(app) as one_decoder, ThreadPoolExecutor(2) as pool:
         first = pool.submit(one_decoder.post, "/predict", files=upload)
         time.sleep(0.1)  # the first upload holds the only decoder
@@ -265,6 +268,47 @@ def test_waiting_for_a_busy_image_decoder_counts_against_the_request_timeout(
     else:  # the second waited for the decoder past the timeout; the first's decoding outlasted it
         assert [a.status_code for a in answers] == [504, 504]
         assert "to have its images decoded" in answers[1].json()["detail"]
+
+
+def test_small_pngs_are_decoded_on_the_event_loop_and_the_rest_in_threads(
+    models_dir: Path, mnist_test_sample, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where each upload is preprocessed: the small PNGs of a request (by their headers, at most
+    decode_inline_pixels in all) on the event loop, anything larger and any other format in a thread."""
+    where: list[str] = []
+    preprocess = imaging.preprocess_image_bytes
+
+    def recording(data: bytes, *, max_pixels: int) -> np.ndarray:
+        try:
+            asyncio.get_running_loop()
+            where.append("loop")
+        except RuntimeError:
+            where.append("thread")
+        return preprocess(data, max_pixels=max_pixels)
+
+    monkeypatch.setattr(imaging, "preprocess_image_bytes", recording)
+    images, labels = mnist_test_sample
+    small = png_bytes(images[0])  # 28x28
+    big = png_bytes(np.kron(images[0], np.ones((20, 20), np.uint8)))  # 560x560: over 250,000 pixels
+    jpeg = next(handwriting.photos(images, labels, 1, seed=3)).data
+    app = create_app(Settings(models_dir=models_dir, decode_inline_pixels=250_000))
+    with TestClient(app) as client:
+        for files, expected in (
+            ([small, small], ["loop", "loop"]),
+            ([big], ["thread"]),
+            ([jpeg], ["thread"]),
+            ([small, jpeg], ["thread", "thread"]),
+        ):
+            where.clear()
+            uploads = [("file", (f"{i}", data, "image/*")) for i, data in enumerate(files)]
+            response = client.post("/predict", files=uploads)
+            assert response.status_code == 200, response.text
+            assert where == expected, files
+        assert response.json()["predictions"][0]["digit"] == int(labels[0])
+    assert api._decode_inline([small] * 300, 250_000) is True  # 235,200 pixels
+    assert api._decode_inline([small] * 320, 250_000) is False
+    assert api._decode_inline([small], 0) is False
+    assert api._decode_inline([b"not an image"], 250_000) is False
 
 
 def test_a_corrupt_model_is_reported_by_readyz_and_the_other_keeps_serving(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.imaging.decode import DEFAULT_MAX_PIXELS, SUPPORTED_FORMATS, decode_image, decode_luma
+from service.imaging.decode import DEFAULT_MAX_PIXELS, SUPPORTED_FORMATS, decode_image, decode_luma, png_pixels
 from service.imaging.errors import (
     ImageDecodeError,
     ImageTooLargeError,
@@ -37,6 +37,7 @@ __all__ = [
     "PixelArrayError",
     "decode_image",
     "pixels_to_batch",
+    "png_pixels",
     "preprocess_image_bytes",
     "read_number_bytes",
     "refuse_blank",

@@ -292,6 +292,13 @@ def png_header(data: bytes) -> PngHeader | None:
     return PngHeader(width, height, depth, colour, interlace)
 
 
+def png_pixels(data: bytes) -> int | None:
+    """The pixel count a PNG's header declares (width x height), read from its first 33 bytes
+    without decoding anything; None for anything that is not a well-formed PNG."""
+    header = png_header(data)
+    return None if header is None else header.width * header.height
+
+
 def _small_png_pixels(data: bytes, max_pixels: int, working_side: int) -> np.ndarray | None:
     """The pixels of an 8-bit L, RGB or RGBA PNG no larger than `working_side` a side (a
     drawing pad's export), by libspng, without Pillow's header parse; its declared size is

@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.imaging import NoInkError, preprocess_image_bytes
+from service.imaging import NoInkError, ink, preprocess_image_bytes
 from service.imaging.decode import decode_luma
 from service.imaging.ink import find_ink
 from testkit import handwriting
@@ -155,3 +155,15 @@ def test_flat_image_has_no_ink() -> None:
     for level in (0.0, 128.0, 255.0):
         with pytest.raises(NoInkError):
             find_ink(np.full((80, 80), level, np.float32))
+
+
+def test_the_median_is_numpys() -> None:
+    """ink's own median (no NaN check: its values are finite) gives np.median's value, odd and even
+    counts, whole numbers (ties) and fractions, contiguous or strided."""
+    rng = np.random.default_rng(7)
+    for size in (1, 2, 3, 4, 99, 100, 9600):
+        values = (rng.random(size * 2) * 255).astype(np.float32)
+        for sample in (values[:size], values[::2], np.round(values[:size])):
+            assert ink._median(sample) == float(np.median(sample)), size
+    image = rng.integers(0, 256, (61, 83)).astype(np.float32)
+    assert ink._median(image[::4, 1::2]) == float(np.median(image[::4, 1::2]))

@@ -114,12 +114,23 @@ def _clean_contrast(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]] | N
     return (window - np.float32(level)) * np.float32(255.0 / max(255.0 - level, 1.0)), (top, left)
 
 
+def _median(values: np.ndarray) -> float:
+    """``np.median`` of finite values, the same value without its NaN check and its mean of the middle
+    pair (on a photo those cost more than the selection itself: a sixth of its ink finding)."""
+    flat = values.reshape(-1)
+    middle = flat.size // 2
+    if flat.size % 2:
+        return float(np.partition(flat, middle)[middle])
+    low, high = np.partition(flat, (middle - 1, middle))[middle - 1 : middle + 1]
+    return float((low + high) / 2)  # in the values' dtype, as np.median's mean of the pair
+
+
 def _pixel_noise(image: np.ndarray) -> float:
     """Robust sigma of the pixels' noise, from differences of horizontal neighbours (a sample):
     about 0 for a drawing or a clean scan, the sensor's noise for a photo."""
     sample = image[::4]
     differences = np.abs(sample[:, 1::2] - sample[:, :-1:2][:, : sample[:, 1::2].shape[1]])
-    return 1.4826 * float(np.median(differences)) / np.sqrt(2.0)
+    return 1.4826 * _median(differences) / np.sqrt(2.0)
 
 
 def _dark_ink(image: np.ndarray, thumb: np.ndarray) -> bool:
@@ -128,7 +139,7 @@ def _dark_ink(image: np.ndarray, thumb: np.ndarray) -> bool:
     grey) carries dark ink: a photo's page lit unevenly reaches far on both sides, and so does an
     empty one. On dark paper the side with more mass beyond a floor wins (chalk on a board)."""
     low, high, _, _ = cv2.minMaxLoc(image)
-    paper = float(np.median(thumb))
+    paper = _median(thumb)
     darkest, lightest = paper - low, high - paper
     floor = _POLARITY_FLOOR * max(darkest, lightest)
     if min(darkest, lightest) < floor:
@@ -267,8 +278,8 @@ def _thresholds(
     centre = sigma = 0.0
     if not clean:
         sample = contrast if small else contrast[::4, ::4]
-        centre = float(np.median(sample))
-        sigma = 1.4826 * float(np.median(np.abs(sample - np.float32(centre))))
+        centre = _median(sample)
+        sigma = 1.4826 * _median(np.abs(sample - np.float32(centre)))
     otsu, _ = cv2.threshold(_levels(contrast, shape, origin, 1 if small else 2), 0, 255,
                             cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     high = max(float(otsu), _MIN_CONTRAST, centre + _NOISE_SIGMAS * sigma)

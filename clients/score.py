@@ -155,7 +155,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--jobs", type=_non_negative, default=None, metavar="N",
         help=f"worker processes decoding image files; 0 decodes them in the reading thread (default: measured: "
              f"the first files are decoded in the reading thread and timed; the rest go to one worker per core, "
-             f"{usable_cores()} here, where a file takes 0.15 ms or more, e.g. photos and scans, and stay in the "
+             f"{usable_cores()} here, where a file takes 0.4 ms or more, e.g. photos and large scans, and stay in the "
              "reading thread otherwise)")
 
     add = parser.add_argument_group("engine").add_argument
@@ -284,7 +284,7 @@ def default_settings(plan: Plan, n_cores: int, remote: bool = False, engine: str
     - batch size: 128 (batches that stay in the CPU caches are the fastest per image); Ray: 1024,
       which amortises its per-batch overhead; remote: 256, the service's default request limit.
     - decoding processes: measured per image source: the reading thread decodes the first files and
-      hands the rest to one worker process per core only where a file takes 0.15 ms or more.
+      hands the rest to one worker process per core only where a file takes 0.4 ms or more.
     """
     if remote:
         return Settings(threads=1, batch_size=DEFAULT_BATCH_REMOTE, jobs=0)

@@ -71,22 +71,33 @@ def image_suffixes() -> frozenset[str]:
 
 
 MNIST_PIXELS = IMAGE_PIXELS
+def task_size(per_file_s: float, files: int, jobs: int) -> int:
+    """Image files per worker task: about TASK_TARGET_S of decoding (at most MAX_TASK_FILES), and never so
+    many that `jobs` workers cannot share `files` out evenly (at least TASKS_PER_JOB tasks each). With
+    --jobs given, the per-file cost is not measured; taken as POOL_MIN_FILE_S, 400 photos made three
+    tasks for two workers, and one of them did two thirds of the work."""
+    size = max(1, min(MAX_TASK_FILES, round(TASK_TARGET_S / max(per_file_s, 1e-5))))
+    return max(1, min(size, -(-files // (TASKS_PER_JOB * jobs))))
+
+
 _IDX_HEADER = struct.Struct(">IIII")  # magic, count, rows, columns
 _GZIP_MAGIC = b"\x1f\x8b"
 _GLOB_CHARS = frozenset("*?[")
 # Decoding image files: in the reading thread, or in worker processes where a file's decode cost pays for
 # the processes and their traffic. With --jobs unset the first PROBE_FILES files are decoded here, one at a
 # time, and timed; the rest go to one worker per core when the median file took POOL_MIN_FILE_S or more
-# and they are POOL_MIN_WORK_S of work at least. bench/bench_score.py on two idle cores: a 28x28 PNG through
-# service/imaging takes ~0.2 ms here and ~0.26 ms a file in the reading thread with its share of the
-# pipeline, and two workers gave 1.31x the reading thread (at ~0.5 ms, 1.6x); a 640x480 photo takes
-# 2-4 ms, and two workers give ~1.7-1.8x one. Below ~0.1 ms (reading bytes) the traffic costs more.
+# and they are POOL_MIN_WORK_S of work at least. bench/bench_score.py on two cores: a 28x28 PNG through
+# service/imaging takes ~0.2 ms here (0.2-0.35 ms as the probe times it), and two workers gave 0.95-1.3x
+# the reading thread from run to run, slower whenever anything else ran: not worth the risk, so such
+# files stay here. A 640x480 photo takes 2-4 ms, and two workers give ~1.5-1.8x one. Below ~0.1 ms
+# (reading bytes) the traffic always costs more.
 PROBE_FILES = 16
-POOL_MIN_FILE_S = 0.00015
+POOL_MIN_FILE_S = 0.0004
 POOL_MIN_WORK_S = 0.5
 TASK_FILES = 32  # image files per task decoded in the reading thread
 TASK_TARGET_S = 0.02  # seconds of decoding per worker task: its IPC (a path list out, float32 [k,28,28] back) is
 MAX_TASK_FILES = 256  # then a few percent of it
+TASKS_PER_JOB = 4  # tasks per worker at least, so that the last ones even out
 _GZIP_ERRORS: tuple[type[BaseException], ...] = (EOFError, zlib.error, gzip.BadGzipFile, *_ISAL_ERRORS)
 _READ_ERRORS: tuple[type[BaseException], ...] = (OSError, *_GZIP_ERRORS)
 
@@ -449,7 +460,7 @@ def _read_images(source: ImageFiles, offset: int, options: ReadOptions) -> Gener
         options.notes.append(f"{len(paths):,} image files: the first {done} took {per_file * 1e3:.2f} ms each "
                              f"(median), so they are decoded in {where}")
     if jobs > 0:
-        size = max(1, min(MAX_TASK_FILES, round(TASK_TARGET_S / max(per_file, 1e-5))))
+        size = task_size(per_file, len(paths) - done, jobs)
         tasks = [range(start, min(start + size, len(paths))) for start in range(done, len(paths), size)]
         # imported here: with multiprocessing it is 30 ms of an IDX or CSV run's start-up
         from concurrent.futures import ProcessPoolExecutor

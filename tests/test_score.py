@@ -251,6 +251,19 @@ def test_decoding_goes_to_worker_processes_only_where_a_file_costs_enough(
     assert out.read_bytes() == in_thread
 
 
+@pytest.mark.parametrize(("per_file_s", "files", "jobs", "size"), [
+    (0.003, 400, 2, 7),  # photos, measured: about 20 ms of decoding a task
+    (sources.POOL_MIN_FILE_S, 400, 2, 50),  # --jobs 2, cost unmeasured: 8 tasks, not 3 uneven ones
+    (0.0002, 4000, 2, 100),  # small PNGs: 20 ms a task, 40 tasks
+    (0.0, 100_000, 4, 256),  # nearly free files: at most MAX_TASK_FILES
+    (0.003, 3, 2, 1),
+])
+def test_worker_tasks_are_small_enough_to_share_out(per_file_s: float, files: int, jobs: int, size: int) -> None:
+    assert sources.task_size(per_file_s, files, jobs) == size
+    tasks = -(-files // size)
+    assert tasks >= min(files, sources.TASKS_PER_JOB * jobs)
+
+
 # --- bad inputs ----------------------------------------------------------------------------------
 
 

@@ -72,7 +72,8 @@ class Settings(BaseSettings):
     decode_threads: int = Field(
         default_factory=lambda: default_decode_threads(usable_cores()),
         ge=1,
-        description="images decoded at once (others wait their turn); default: one fewer than the cores, at least "
+        description="images decoded at once in threads (those not decoded on the event loop: see "
+                    "decode_inline_pixels; others wait their turn); default: one fewer than the cores, at least "
                     "1 and at most 4 (the event loop needs the Python interpreter too: on 2 cores, 1 decoding thread "
                     "served 1.3x the uploads of 4); decoding takes up to ~8 bytes per pixel, so this times "
                     "max_image_pixels bounds the memory uploads can take",

@@ -14,7 +14,8 @@ photos, numbers and digits drawn with a lifted stroke (the model the shipped one
 ("exact"); "per digit" is the share of digits at their right place, and "digit errors" the edit
 distance (digits missed, added or wrong) per digit written. Costs are single-thread medians of
 preprocessing only (bytes in, model input out), old and new interleaved round by round; their
-ratio is the figure to compare. Last, the core operations of ink.py with OpenCV and with
+ratio is the figure to compare. Then a drawing pad's PNG decoded by libspng alone and after
+ISA-L's inflate, at several sizes; last, the core operations of ink.py with OpenCV and with
 scipy.ndimage (if installed) on a 640x480 photo.
 """
 
@@ -230,6 +231,41 @@ def _libraries(photo: bytes, rounds: int) -> None:
         print(f"  {name:14s} {value:6.2f} ms  ({value / ms['opencv']:.1f}x OpenCV)")
 
 
+def _png_decoding(pads: list[bytes], rounds: int) -> None:
+    """A drawing pad's PNG decoded by libspng alone, and with its image data inflated by ISA-L first
+    (png.with_stored_data), at the canvas's size and at other sides (the same strokes resized)."""
+    import io
+
+    import pyspng
+    from PIL import Image
+
+    from service.imaging.png import png_header, with_stored_data
+
+    print(f"PNG decoding, libspng alone and after ISA-L's inflate, one thread (median of {rounds}):")
+    with Image.open(io.BytesIO(pads[0])) as first:
+        mode = first.mode
+    for side in (64, 100, 140, 200, 280, 560):
+        files = []
+        for data in pads:
+            with Image.open(io.BytesIO(data)) as image:
+                out = io.BytesIO()
+                image.convert(mode).resize((side, side)).save(out, "PNG")
+                files.append(out.getvalue())
+
+        def alone(files: list[bytes] = files) -> None:
+            for data in files:
+                pyspng.load(data, mode)
+
+        def stored(files: list[bytes] = files) -> None:
+            for data in files:
+                header = png_header(data)
+                pyspng.load((with_stored_data(data, header) if header else None) or data, mode)
+
+        ms = _median_ms({"alone": alone, "stored": stored}, rounds)
+        print(f"  {side:3d}x{side:<3d} {mode:4s} libspng {1e3 * ms['alone'] / len(files):6.0f} µs   "
+              f"ISA-L + libspng {1e3 * ms['stored'] / len(files):6.0f} µs   ({ms['stored'] / ms['alone']:.2f}x)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mnist-dir", default=str(REPO.parent / "shared" / "data" / "mnist"),
@@ -312,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         ms = _median_ms({"new": lambda s=sample: imaging.read_number_bytes(s.data),
                          "old": lambda s=sample: _try(old, s.data)}, args.rounds)
         print(f"  {name:34s} new {ms['new']:5.2f} ms   old (one blob) {ms['old']:5.2f} ms")
+    print()
+    _png_decoding([s.data for s in pads if _mode(s.data) == "RGBA"][:10], max(10, args.rounds // 10))
     print()
     _libraries(photo.data, args.rounds)
     return 0

@@ -671,7 +671,8 @@ def test_png_header_reads_what_pillow_reads(mode: str, depth: int, colour: int) 
     """The IHDR reader agrees with Pillow on the size, and gives the PNG's bit depth and colour
     type (the spec's numbers) for every mode Pillow writes; the three that go to libspng are
     the modes Pillow opens them as."""
-    from service.imaging.decode import _SPNG_COLOUR_MODES, PngHeader, png_header
+    from service.imaging.decode import _SPNG_COLOUR_MODES
+    from service.imaging.png import PngHeader, png_header
 
     pixels = (np.arange(37 * 53) % 251).astype(np.uint8).reshape(37, 53)
     data = _png_bytes(pixels, mode)
@@ -685,7 +686,7 @@ def test_png_header_reads_what_pillow_reads(mode: str, depth: int, colour: int) 
 def test_png_header_refuses_what_is_not_a_well_formed_ihdr() -> None:
     """None (Pillow then reads the file and names the problem) for other formats, a file cut
     short of its header, and a header whose length, type or CRC is wrong."""
-    from service.imaging.decode import png_header
+    from service.imaging.png import png_header
 
     data = _png_bytes(np.zeros((4, 4), np.uint8), "L")
     assert png_header(data) is not None
@@ -754,3 +755,142 @@ def test_stroke_contrast_is_the_percentile_rule() -> None:
         under = float(rng.choice([0.0, 255.0, float(rng.integers(0, 256)), float(rng.integers(0, 255)) + 0.5]))
         expected = bool(np.percentile(np.abs(strokes - np.float32(under)), 90) >= decode._STROKE_CONTRAST)
         assert decode._contrasts(strokes, under) == expected
+
+
+# --- the image data inflated by ISA-L (service/imaging/png.py) -----------------------------------------
+
+
+def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, payload) of every chunk of a PNG."""
+    chunks, position = [], 8
+    while position < len(data):
+        (length,) = struct.unpack_from(">I", data, position)
+        chunks.append((data[position + 4 : position + 8], data[position + 8 : position + 8 + length]))
+        position += 12 + length
+    return chunks
+
+
+def _png_of(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body)) for kind, body in chunks
+    )
+
+
+def _stroke_canvas(seed: int, side: int = 280) -> np.ndarray:
+    """RGBA strokes on a transparent canvas, as a drawing pad exports them."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    canvas = np.zeros((side, side, 4), np.uint8)
+    points = rng.integers(side // 5, 4 * side // 5, (6, 2)).astype(np.int32)
+    cv2.polylines(canvas, [points], False, (20, 20, 20, 255), int(rng.integers(6, 20)), cv2.LINE_AA)
+    return canvas
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "P", "I;16", "1"])
+@pytest.mark.parametrize("level", [0, 1, 6, 9])
+def test_stored_image_data_decodes_to_the_same_pixels(mode: str, level: int) -> None:
+    """Every colour type, bit depth and compression level: the re-stored file decodes to exactly
+    the pixels of the original, by libspng and by Pillow, and holds one stored IDAT chunk."""
+    pyspng = pytest.importorskip("pyspng")
+    from service.imaging.png import png_header, with_stored_data
+
+    rgba = _stroke_canvas(level, side=600)  # enough image data for every mode, 1-bit included
+    rgba[..., :3] = np.random.default_rng(1).integers(0, 256, rgba[..., :3].shape)  # colour: every filter type
+    data = _png_bytes(rgba, mode, compress_level=level)
+    header = png_header(data)
+    assert header is not None
+    stored = with_stored_data(data, header)
+    assert stored is not None
+    idat = [body for kind, body in _chunks(stored) if kind == b"IDAT"]
+    assert len(idat) == 1 and idat[0][2] & 0b110 == 0  # one chunk of stored (uncompressed) deflate blocks
+    assert zlib.decompress(idat[0]) == zlib.decompress(b"".join(b for k, b in _chunks(data) if k == b"IDAT"))
+    with Image.open(io.BytesIO(data)) as original, Image.open(io.BytesIO(stored)) as restored:
+        assert original.mode == restored.mode
+        np.testing.assert_array_equal(np.asarray(original), np.asarray(restored))
+    if mode in ("L", "RGB", "RGBA"):
+        np.testing.assert_array_equal(pyspng.load(stored, mode), pyspng.load(data, mode))
+
+
+def test_stored_image_data_joins_many_idat_chunks_and_keeps_the_other_chunks() -> None:
+    """A large noisy image, whose encoder writes many IDAT chunks, with text chunks before and
+    after them: one IDAT with all the data, the other chunks as they were, the same pixels."""
+    pyspng = pytest.importorskip("pyspng")
+    from PIL import PngImagePlugin
+
+    from service.imaging.png import png_header, with_stored_data
+
+    pixels = np.random.default_rng(2).integers(0, 256, (700, 900, 3), dtype=np.uint8)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "a drawing pad")
+    data = _png_bytes(pixels, "RGB", pnginfo=info)
+    data = _png_of([*_chunks(data)[:-1], (b"tEXt", b"Comment\x00after the pixels"), (b"IEND", b"")])
+    assert [kind for kind, _ in _chunks(data)].count(b"IDAT") > 1
+    header = png_header(data)
+    assert header is not None
+    stored = with_stored_data(data, header)
+    assert stored is not None
+    kinds = [kind for kind, _ in _chunks(stored)]
+    assert kinds == [b"IHDR", b"tEXt", b"IDAT", b"tEXt", b"IEND"]
+    np.testing.assert_array_equal(pyspng.load(stored, "RGB"), pixels)
+
+
+def test_small_images_keep_their_own_image_data() -> None:
+    """Below STORE_FROM_BYTES of image data (an MNIST-sized digit) libspng inflates it itself."""
+    from service.imaging.png import STORE_FROM_BYTES, png_header, with_stored_data
+
+    small = _png_bytes(_stroke_canvas(4, side=28), "RGBA")
+    header = png_header(small)
+    assert header is not None and header.height * (header.width * 4 + 1) < STORE_FROM_BYTES
+    assert with_stored_data(small, header) is None
+
+
+def test_stored_image_data_is_refused_for_anything_amiss() -> None:
+    """None, so that the original is decoded and its fault named as before: a failing IDAT CRC,
+    a corrupt or truncated stream (the Adler-32 checksum included), image data split by another
+    chunk, data after the stream, a file cut short, no image data, and a stream inflating to more
+    than the header allows (never inflated past that)."""
+    from service.imaging.png import png_header, with_stored_data
+
+    data = _png_bytes(_stroke_canvas(3), "RGBA")
+    chunks = _chunks(data)
+    at = next(i for i, (kind, _) in enumerate(chunks) if kind == b"IDAT")
+    stream = chunks[at][1]
+    header = png_header(data)
+    assert header is not None and with_stored_data(data, header) is not None
+
+    def with_idat(*bodies: bytes) -> bytes:
+        return _png_of([*chunks[:at], *((b"IDAT", body) for body in bodies), *chunks[at + 1 :]])
+
+    bad_crc = bytearray(data)
+    crc_at = data.index(b"IDAT") + 4 + len(stream)
+    bad_crc[crc_at] ^= 1
+    bad_adler = stream[:-1] + bytes([stream[-1] ^ 1])
+    split = _png_of([*chunks[:at], (b"IDAT", stream[:10]), (b"tEXt", b"a\x00b"), (b"IDAT", stream[10:]),
+                     *chunks[at + 1 :]])
+    bomb = zlib.compress(bytes(header.height * (header.width * 4 + 1) + 1_000_000))
+    for bad in (bytes(bad_crc), with_idat(bad_adler), with_idat(stream[:-20]), split, with_idat(stream + b"junk"),
+                data[: data.index(b"IDAT") + 100], _png_of([c for c in chunks if c[0] != b"IDAT"]), with_idat(bomb)):
+        assert with_stored_data(bad, header) is None
+    assert with_idat(stream[:10], stream[10:]) != data  # two IDAT chunks in a row are fine
+    assert with_stored_data(with_idat(stream[:10], stream[10:]), header) is not None
+
+
+def test_canvas_uploads_decode_the_same_with_and_without_isal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the whole decoding (decode_luma) the drawing pad's PNG gives the same luminance
+    whether ISA-L inflates it or libspng does, and a corrupt one the same error."""
+    pytest.importorskip("pyspng")
+    from service.imaging import decode, png
+
+    canvases = [_png_bytes(_stroke_canvas(seed), "RGBA") for seed in range(5)]
+    corrupt = bytearray(canvases[0])
+    corrupt[corrupt.index(b"IDAT") + 30] ^= 0xFF
+    with_isal = [decode.decode_luma(data).values for data in canvases]
+    with pytest.raises(ImageDecodeError) as error_with:
+        decode.decode_luma(bytes(corrupt))
+    monkeypatch.setattr(png, "isal_zlib", None)
+    for data, values in zip(canvases, with_isal, strict=True):
+        np.testing.assert_array_equal(decode.decode_luma(data).values, values)
+    with pytest.raises(ImageDecodeError) as error_without:
+        decode.decode_luma(bytes(corrupt))
+    assert str(error_with.value) == str(error_without.value)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.imaging.decode import DEFAULT_MAX_PIXELS, SUPPORTED_FORMATS, decode_image, decode_luma, png_pixels
+from service.imaging.decode import DEFAULT_MAX_PIXELS, SUPPORTED_FORMATS, decode_image, decode_luma
 from service.imaging.errors import (
     ImageDecodeError,
     ImageTooLargeError,
@@ -24,6 +24,7 @@ from service.imaging.errors import (
 )
 from service.imaging.ink import find_ink
 from service.imaging.mnist import pixels_to_batch, refuse_blank, to_mnist
+from service.imaging.png import png_pixels
 from service.imaging.segment import DigitImage, split_digits
 
 __all__ = [

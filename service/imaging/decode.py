@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from service.imaging.errors import ImageDecodeError, ImageTooLargeError
+from service.imaging.png import PngHeader, png_header, with_stored_data
 
 try:  # libspng decodes PNG about 1.7x as fast as Pillow's zlib path (bench/bench_imaging.py)
     import pyspng
@@ -39,11 +40,9 @@ __all__ = [
     "SUPPORTED_FORMATS",
     "WORKING_SIDE",
     "Luma",
-    "PngHeader",
     "decode_image",
     "decode_luma",
     "luma_of",
-    "png_header",
 ]
 
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "BMP", "WEBP", "GIF"})
@@ -256,47 +255,8 @@ def decode_luma(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, working_si
     return Luma(luma, longest / max(luma.shape))
 
 
-@dataclass(frozen=True, slots=True)
-class PngHeader:
-    """What a PNG's IHDR chunk declares (PNG specification, section 11.2.2)."""
-
-    width: int
-    height: int
-    bit_depth: int
-    colour_type: int  # 0 grey, 2 RGB, 3 palette, 4 grey and alpha, 6 RGBA
-    interlace: int  # 0 none, 1 Adam7
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# length (13), type, width, height, bit depth, colour type, compression, filter, interlace, CRC
-_IHDR = struct.Struct(">I4sIIBBBBBI")
-_IHDR_END = len(_PNG_SIGNATURE) + _IHDR.size  # 33 bytes
 # The 8-bit colour types whose pixels libspng gives in the mode Pillow gives them.
 _SPNG_COLOUR_MODES = {0: "L", 2: "RGB", 6: "RGBA"}
-
-
-def png_header(data: bytes) -> PngHeader | None:
-    """The header of a PNG, read from its first 33 bytes: a few microseconds, where Pillow's
-    Image.open costs tens (it parses every chunk up to the pixels). None when `data` does not
-    start with a well-formed IHDR (wrong signature, length or CRC, a truncated file): Pillow
-    then reads it, and names what is wrong."""
-    if len(data) < _IHDR_END or not data.startswith(_PNG_SIGNATURE):
-        return None
-    length, kind, width, height, depth, colour, compression, filtering, interlace, crc = _IHDR.unpack_from(
-        data, len(_PNG_SIGNATURE)
-    )
-    if length != 13 or kind != b"IHDR" or zlib.crc32(data[12:29]) != crc:
-        return None
-    if compression or filtering or interlace > 1:
-        return None
-    return PngHeader(width, height, depth, colour, interlace)
-
-
-def png_pixels(data: bytes) -> int | None:
-    """The pixel count a PNG's header declares (width x height), read from its first 33 bytes
-    without decoding anything; None for anything that is not a well-formed PNG."""
-    header = png_header(data)
-    return None if header is None else header.width * header.height
 
 
 def _small_png_pixels(data: bytes, max_pixels: int, working_side: int) -> np.ndarray | None:
@@ -315,20 +275,21 @@ def _small_png_pixels(data: bytes, max_pixels: int, working_side: int) -> np.nda
     width, height = header.width, header.height
     if not (0 < width <= working_side and 0 < height <= working_side) or width * height > max_pixels:
         return None  # empty, large (shrunk on the general path) or too large (refused there)
-    return _spng_decode(data, _SPNG_COLOUR_MODES[header.colour_type], width, height)
+    return _spng_decode(data, _SPNG_COLOUR_MODES[header.colour_type], header)
 
 
-def _spng_decode(data: bytes, mode: str, width: int, height: int) -> np.ndarray | None:
+def _spng_decode(data: bytes, mode: str, header: PngHeader) -> np.ndarray | None:
     """libspng's pixels of a PNG whose header declares `mode` and this size, unless a chunk
     may change what Pillow would make of them (a colour-key transparency, EXIF or XMP metadata
-    that may hold an orientation) or libspng refuses the data: None, and Pillow decodes it."""
+    that may hold an orientation) or libspng refuses the data: None, and Pillow decodes it.
+    The image data is inflated by ISA-L first where it can be (`png.with_stored_data`)."""
     if b"tRNS" in data or b"eXIf" in data or b"xmp" in data:
         return None
     try:
-        pixels = pyspng.load(data, mode)
+        pixels = pyspng.load(with_stored_data(data, header) or data, mode)
     except (RuntimeError, ValueError):
         return None
-    return pixels if pixels.shape[:2] == (height, width) else None
+    return pixels if pixels.shape[:2] == (header.height, header.width) else None
 
 
 def _spng_pixels(data: bytes, image: Image.Image) -> np.ndarray | None:
@@ -338,7 +299,10 @@ def _spng_pixels(data: bytes, image: Image.Image) -> np.ndarray | None:
     decodes it, and names what is wrong with it."""
     if pyspng is None or image.format != "PNG" or image.mode not in _SPNG_MODES or "transparency" in image.info:
         return None
-    return _spng_decode(data, image.mode, image.width, image.height)
+    header = png_header(data)
+    if header is None or (header.width, header.height) != image.size:
+        return None
+    return _spng_decode(data, image.mode, header)
 
 
 def _reducible(image: Image.Image) -> Image.Image:

@@ -1,0 +1,149 @@
+"""The PNG container, read without decoding it: the header (IHDR) and the image data (IDAT).
+
+    png_header        what the IHDR declares, from the first 33 bytes (sizes are checked before
+                      any pixel is decoded)
+    with_stored_data  the same file with its image data inflated by ISA-L and stored uncompressed,
+                      for libspng to decode
+
+A drawing pad's PNG is mostly inflating: on a 280x280 canvas, zlib's inflate is nine tenths of
+libspng's decoding, and ISA-L inflates the same stream about four times as fast. Re-stored in
+uncompressed deflate blocks, the image data leaves libspng only a copy and the unfiltering, so
+the pixels are libspng's own, bit for bit, at about 0.7 of its cost (bench/bench_imaging.py).
+"""
+
+from __future__ import annotations
+
+import struct
+import types
+import zlib
+from dataclasses import dataclass
+from typing import cast
+
+isal_zlib: types.ModuleType | None
+try:  # ISA-L's inflate, 3-4x zlib's on the same stream
+    from isal import isal_zlib
+    from isal.isal_zlib import error as _isal_error
+
+    # isal's stubs declare its error as an instance; at run time it is the exception class.
+    _INFLATE_ERRORS: tuple[type[BaseException], ...] = (cast("type[BaseException]", _isal_error),)
+except ImportError:  # an install without it lets libspng inflate
+    isal_zlib = None
+    _INFLATE_ERRORS = ()
+
+__all__ = ["PngHeader", "png_header", "png_pixels", "with_stored_data"]
+
+
+@dataclass(frozen=True, slots=True)
+class PngHeader:
+    """What a PNG's IHDR chunk declares (PNG specification, section 11.2.2)."""
+
+    width: int
+    height: int
+    bit_depth: int
+    colour_type: int  # 0 grey, 2 RGB, 3 palette, 4 grey and alpha, 6 RGBA
+    interlace: int  # 0 none, 1 Adam7
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# length (13), type, width, height, bit depth, colour type, compression, filter, interlace, CRC
+_IHDR = struct.Struct(">I4sIIBBBBBI")
+_IHDR_END = len(PNG_SIGNATURE) + _IHDR.size  # 33 bytes
+_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel of each colour type
+_U32 = struct.Struct(">I")
+_STORED_BLOCK = 65535  # the most bytes a stored deflate block holds
+_STORED_HEADER = struct.Struct("<BHH")  # BFINAL + BTYPE 00, LEN, NLEN
+_ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, no preset dictionary (31 divides 0x7801)
+# Below this much image data the chunk walk costs more than ISA-L saves (bench/bench_imaging.py,
+# RGBA canvases: 64x64 (16 KiB) 1.02x libspng's own decoding, 100x100 (40 KiB) 0.78x, 280x280 0.5-0.6x).
+STORE_FROM_BYTES = 32 * 1024
+
+
+def png_header(data: bytes) -> PngHeader | None:
+    """The header of a PNG, read from its first 33 bytes: a few microseconds, where Pillow's
+    Image.open costs tens (it parses every chunk up to the pixels). None when `data` does not
+    start with a well-formed IHDR (wrong signature, length or CRC, a truncated file): Pillow
+    then reads it, and names what is wrong."""
+    if len(data) < _IHDR_END or not data.startswith(PNG_SIGNATURE):
+        return None
+    length, kind, width, height, depth, colour, compression, filtering, interlace, crc = _IHDR.unpack_from(
+        data, len(PNG_SIGNATURE)
+    )
+    if length != 13 or kind != b"IHDR" or zlib.crc32(data[12:29]) != crc:
+        return None
+    if compression or filtering or interlace > 1:
+        return None
+    return PngHeader(width, height, depth, colour, interlace)
+
+
+def png_pixels(data: bytes) -> int | None:
+    """The pixel count a PNG's header declares (width x height), read from its first 33 bytes
+    without decoding anything; None for anything that is not a well-formed PNG."""
+    header = png_header(data)
+    return None if header is None else header.width * header.height
+
+
+def _image_data_size(header: PngHeader) -> int:
+    """The bytes the image data inflates to: each row's filter byte and samples (PNG 7.2); an
+    interlaced image's seven passes take at most one more row each, of at most 7 more bytes."""
+    row = (header.width * _CHANNELS.get(header.colour_type, 4) * header.bit_depth + 7) // 8
+    size = header.height * (row + 1)
+    return size + 7 * (row + 8) if header.interlace else size
+
+
+def with_stored_data(data: bytes, header: PngHeader) -> bytes | None:
+    """`data` with its IDAT chunks replaced by one holding the same image data inflated by ISA-L
+    and stored uncompressed: the same pixels for any decoder, and nothing left for it to inflate.
+
+    None (decode `data` itself, which names what is wrong) where there is less image data than
+    STORE_FROM_BYTES, and where anything is amiss: no ISA-L, no image data, IDAT chunks not in one run, a chunk that runs past the end of the file or
+    fails its CRC, a stream ISA-L refuses (its Adler-32 checksum included) or one that inflates
+    to more than `header` allows (a decompression bomb is never inflated further), or that data
+    follows."""
+    limit = _image_data_size(header)
+    if isal_zlib is None or limit < STORE_FROM_BYTES:
+        return None
+    pieces: list[bytes] = []
+    first = end = -1
+    position = _IHDR_END
+    while position + 12 <= len(data):
+        (length,) = _U32.unpack_from(data, position)
+        kind = data[position + 4 : position + 8]
+        chunk_end = position + 12 + length
+        if chunk_end > len(data):
+            return None
+        if kind == b"IDAT":
+            if first < 0:
+                first = position
+            elif end != position:  # image data split by another chunk: not a valid PNG
+                return None
+            piece = data[position + 8 : position + 8 + length]
+            if isal_zlib.crc32(piece, isal_zlib.crc32(b"IDAT")) != _U32.unpack_from(data, position + 8 + length)[0]:
+                return None
+            pieces.append(piece)
+            end = chunk_end
+        elif kind == b"IEND" or first >= 0:
+            break  # nothing after the image data changes it; the rest is copied as it is
+        position = chunk_end
+    if first < 0:
+        return None
+    inflater = isal_zlib.decompressobj()
+    try:
+        raw = inflater.decompress(pieces[0] if len(pieces) == 1 else b"".join(pieces), limit + 1)
+    except _INFLATE_ERRORS:
+        return None
+    if not inflater.eof or inflater.unused_data or len(raw) > limit:
+        return None  # cut short, followed by other data, or longer than the image
+    view = memoryview(raw)
+    stream: list[bytes | memoryview] = [_ZLIB_HEADER]
+    for start in range(0, len(raw), _STORED_BLOCK):
+        block = view[start : start + _STORED_BLOCK]
+        final = start + _STORED_BLOCK >= len(raw)
+        stream += [_STORED_HEADER.pack(final, len(block), len(block) ^ 0xFFFF), block]
+    if not raw:
+        stream.append(_STORED_HEADER.pack(1, 0, 0xFFFF))
+    stream.append(_U32.pack(isal_zlib.adler32(raw)))
+    crc = isal_zlib.crc32(b"IDAT")
+    for part in stream:
+        crc = isal_zlib.crc32(part, crc)
+    size = sum(len(part) for part in stream)
+    return b"".join([data[:first], _U32.pack(size), b"IDAT", *stream, _U32.pack(crc), data[end:]])

@@ -835,14 +835,19 @@ def test_stored_image_data_joins_many_idat_chunks_and_keeps_the_other_chunks() -
     np.testing.assert_array_equal(pyspng.load(stored, "RGB"), pixels)
 
 
-def test_small_images_keep_their_own_image_data() -> None:
-    """Below STORE_FROM_BYTES of image data (an MNIST-sized digit) libspng inflates it itself."""
-    from service.imaging.png import STORE_FROM_BYTES, png_header, with_stored_data
+def test_small_and_large_images_keep_their_own_image_data() -> None:
+    """Below STORE_FROM_BYTES of image data (an MNIST-sized digit) libspng inflates it itself, and
+    above STORE_UP_TO_BYTES (a large photo: no transient copies of its data)."""
+    from service.imaging.png import STORE_FROM_BYTES, STORE_UP_TO_BYTES, png_header, with_stored_data
 
     small = _png_bytes(_stroke_canvas(4, side=28), "RGBA")
     header = png_header(small)
     assert header is not None and header.height * (header.width * 4 + 1) < STORE_FROM_BYTES
     assert with_stored_data(small, header) is None
+    large = _png_bytes(np.zeros((1500, 1500, 4), np.uint8), "RGBA")
+    header = png_header(large)
+    assert header is not None and header.height * (header.width * 4 + 1) > STORE_UP_TO_BYTES
+    assert with_stored_data(large, header) is None
 
 
 def test_stored_image_data_is_refused_for_anything_amiss() -> None:

@@ -56,6 +56,9 @@ _ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, no preset dictionary (31 d
 # Below this much image data the chunk walk costs more than ISA-L saves (bench/bench_imaging.py,
 # RGBA canvases: 64x64 (16 KiB) 1.02x libspng's own decoding, 100x100 (40 KiB) 0.78x, 280x280 0.5-0.6x).
 STORE_FROM_BYTES = 32 * 1024
+# Above this, the two transient copies of the image data (inflated, then stored) would cost a large
+# upload more memory than its pixels: up to 1448x1448 RGBA, which covers every drawing pad.
+STORE_UP_TO_BYTES = 8 * 1024 * 1024
 
 
 def png_header(data: bytes) -> PngHeader | None:
@@ -94,13 +97,14 @@ def with_stored_data(data: bytes, header: PngHeader) -> bytes | None:
     """`data` with its IDAT chunks replaced by one holding the same image data inflated by ISA-L
     and stored uncompressed: the same pixels for any decoder, and nothing left for it to inflate.
 
-    None (decode `data` itself, which names what is wrong) where there is less image data than
-    STORE_FROM_BYTES, and where anything is amiss: no ISA-L, no image data, IDAT chunks not in one run, a chunk that runs past the end of the file or
+    None (decode `data` itself, which names what is wrong) where the image data is smaller than
+    STORE_FROM_BYTES or larger than STORE_UP_TO_BYTES, and where anything is amiss: no ISA-L,
+    no image data, IDAT chunks not in one run, a chunk that runs past the end of the file or
     fails its CRC, a stream ISA-L refuses (its Adler-32 checksum included) or one that inflates
     to more than `header` allows (a decompression bomb is never inflated further), or that data
     follows."""
     limit = _image_data_size(header)
-    if isal_zlib is None or limit < STORE_FROM_BYTES:
+    if isal_zlib is None or not STORE_FROM_BYTES <= limit <= STORE_UP_TO_BYTES:
         return None
     pieces: list[bytes] = []
     first = end = -1

@@ -835,6 +835,38 @@ def test_stored_image_data_joins_many_idat_chunks_and_keeps_the_other_chunks() -
     np.testing.assert_array_equal(pyspng.load(stored, "RGB"), pixels)
 
 
+def _interlaced_png(pixels: np.ndarray) -> bytes:
+    """An 8-bit RGBA PNG written with Adam7 interlacing (Pillow writes none), rows unfiltered."""
+    height, width = pixels.shape[:2]
+    rows = b""
+    for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+                           (0, 1, 1, 2)):
+        part = pixels[y0::dy, x0::dx]
+        if part.size:
+            rows += b"".join(b"\x00" + row.tobytes() for row in part)
+    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 1)
+    return _png_of([(b"IHDR", header), (b"IDAT", zlib.compress(rows)), (b"IEND", b"")])
+
+
+@pytest.mark.parametrize("size", [(150, 150), (161, 203), (1200, 9)])
+def test_interlaced_image_data_is_stored_at_its_exact_size(size: tuple[int, int]) -> None:
+    """An interlaced PNG's seven passes are sized exactly (odd sides, a tall thin image): its data
+    is re-stored, and decodes to the pixels it was written from."""
+    pyspng = pytest.importorskip("pyspng")
+    from service.imaging.png import png_header, with_stored_data
+
+    pixels = np.random.default_rng(5).integers(0, 256, (*size, 4), dtype=np.uint8)
+    data = _interlaced_png(pixels)
+    header = png_header(data)
+    assert header is not None and header.interlace == 1
+    np.testing.assert_array_equal(pyspng.load(data, "RGBA"), pixels)  # the test's own writer is right
+    stored = with_stored_data(data, header)
+    assert stored is not None
+    np.testing.assert_array_equal(pyspng.load(stored, "RGBA"), pixels)
+    with Image.open(io.BytesIO(stored)) as image:
+        np.testing.assert_array_equal(np.asarray(image), pixels)
+
+
 def test_small_and_large_images_keep_their_own_image_data() -> None:
     """Below STORE_FROM_BYTES of image data (an MNIST-sized digit) libspng inflates it itself, and
     above STORE_UP_TO_BYTES (a large photo: no transient copies of its data)."""

@@ -49,6 +49,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IHDR = struct.Struct(">I4sIIBBBBBI")
 _IHDR_END = len(PNG_SIGNATURE) + _IHDR.size  # 33 bytes
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel of each colour type
+# Adam7's seven passes: first column and row, column and row steps
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 _U32 = struct.Struct(">I")
 _STORED_BLOCK = 65535  # the most bytes a stored deflate block holds
 _STORED_HEADER = struct.Struct("<BHH")  # BFINAL + BTYPE 00, LEN, NLEN
@@ -86,11 +88,16 @@ def png_pixels(data: bytes) -> int | None:
 
 
 def _image_data_size(header: PngHeader) -> int:
-    """The bytes the image data inflates to: each row's filter byte and samples (PNG 7.2); an
-    interlaced image's seven passes take at most one more row each, of at most 7 more bytes."""
-    row = (header.width * _CHANNELS.get(header.colour_type, 4) * header.bit_depth + 7) // 8
-    size = header.height * (row + 1)
-    return size + 7 * (row + 8) if header.interlace else size
+    """The bytes the image data inflates to: each row's filter byte and its samples, rows padded to
+    whole bytes (PNG specification, 7.2), over the seven passes of an interlaced image (8.2)."""
+    bits = _CHANNELS.get(header.colour_type, 4) * header.bit_depth
+
+    def rows(width: int, height: int) -> int:
+        return height * (1 + (width * bits + 7) // 8) if width > 0 and height > 0 else 0
+
+    if not header.interlace:
+        return rows(header.width, header.height)
+    return sum(rows(-(-(header.width - x0) // dx), -(-(header.height - y0) // dy)) for x0, y0, dx, dy in _ADAM7)
 
 
 def with_stored_data(data: bytes, header: PngHeader) -> bytes | None:
@@ -101,10 +108,10 @@ def with_stored_data(data: bytes, header: PngHeader) -> bytes | None:
     STORE_FROM_BYTES or larger than STORE_UP_TO_BYTES, and where anything is amiss: no ISA-L,
     no image data, IDAT chunks not in one run, a chunk that runs past the end of the file or
     fails its CRC, a stream ISA-L refuses (its Adler-32 checksum included) or one that inflates
-    to more than `header` allows (a decompression bomb is never inflated further), or that data
-    follows."""
-    limit = _image_data_size(header)
-    if isal_zlib is None or not STORE_FROM_BYTES <= limit <= STORE_UP_TO_BYTES:
+    to another size than `header` declares (a decompression bomb is never inflated further), or
+    that data follows."""
+    size = _image_data_size(header)
+    if isal_zlib is None or not STORE_FROM_BYTES <= size <= STORE_UP_TO_BYTES:
         return None
     pieces: list[bytes] = []
     first = end = -1
@@ -132,11 +139,11 @@ def with_stored_data(data: bytes, header: PngHeader) -> bytes | None:
         return None
     inflater = isal_zlib.decompressobj()
     try:
-        raw = inflater.decompress(pieces[0] if len(pieces) == 1 else b"".join(pieces), limit + 1)
+        raw = inflater.decompress(pieces[0] if len(pieces) == 1 else b"".join(pieces), size + 1)
     except _INFLATE_ERRORS:
         return None
-    if not inflater.eof or inflater.unused_data or len(raw) > limit:
-        return None  # cut short, followed by other data, or longer than the image
+    if not inflater.eof or inflater.unused_data or len(raw) != size:
+        return None  # cut short, followed by other data, or not the image's size
     view = memoryview(raw)
     stream: list[bytes | memoryview] = [_ZLIB_HEADER]
     for start in range(0, len(raw), _STORED_BLOCK):

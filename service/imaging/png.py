@@ -44,14 +44,15 @@ class PngHeader:
     interlace: int  # 0 none, 1 Adam7
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # length (13), type, width, height, bit depth, colour type, compression, filter, interlace, CRC
 _IHDR = struct.Struct(">I4sIIBBBBBI")
-_IHDR_END = len(PNG_SIGNATURE) + _IHDR.size  # 33 bytes
+_IHDR_END = len(_PNG_SIGNATURE) + _IHDR.size  # 33 bytes
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel of each colour type
 # Adam7's seven passes: first column and row, column and row steps
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 _U32 = struct.Struct(">I")
+_IDAT_CRC = zlib.crc32(b"IDAT")  # a chunk's CRC covers its type, then its data
 _STORED_BLOCK = 65535  # the most bytes a stored deflate block holds
 _STORED_HEADER = struct.Struct("<BHH")  # BFINAL + BTYPE 00, LEN, NLEN
 _ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, no preset dictionary (31 divides 0x7801)
@@ -68,10 +69,10 @@ def png_header(data: bytes) -> PngHeader | None:
     Image.open costs tens (it parses every chunk up to the pixels). None when `data` does not
     start with a well-formed IHDR (wrong signature, length or CRC, a truncated file): Pillow
     then reads it, and names what is wrong."""
-    if len(data) < _IHDR_END or not data.startswith(PNG_SIGNATURE):
+    if len(data) < _IHDR_END or not data.startswith(_PNG_SIGNATURE):
         return None
     length, kind, width, height, depth, colour, compression, filtering, interlace, crc = _IHDR.unpack_from(
-        data, len(PNG_SIGNATURE)
+        data, len(_PNG_SIGNATURE)
     )
     if length != 13 or kind != b"IHDR" or zlib.crc32(data[12:29]) != crc:
         return None
@@ -128,7 +129,7 @@ def with_stored_data(data: bytes, header: PngHeader) -> bytes | None:
             elif end != position:  # image data split by another chunk: not a valid PNG
                 return None
             piece = data[position + 8 : position + 8 + length]
-            if isal_zlib.crc32(piece, isal_zlib.crc32(b"IDAT")) != _U32.unpack_from(data, position + 8 + length)[0]:
+            if isal_zlib.crc32(piece, _IDAT_CRC) != _U32.unpack_from(data, position + 8 + length)[0]:
                 return None
             pieces.append(piece)
             end = chunk_end
@@ -150,11 +151,9 @@ def with_stored_data(data: bytes, header: PngHeader) -> bytes | None:
         block = view[start : start + _STORED_BLOCK]
         final = start + _STORED_BLOCK >= len(raw)
         stream += [_STORED_HEADER.pack(final, len(block), len(block) ^ 0xFFFF), block]
-    if not raw:
-        stream.append(_STORED_HEADER.pack(1, 0, 0xFFFF))
     stream.append(_U32.pack(isal_zlib.adler32(raw)))
-    crc = isal_zlib.crc32(b"IDAT")
+    crc = _IDAT_CRC
     for part in stream:
         crc = isal_zlib.crc32(part, crc)
-    size = sum(len(part) for part in stream)
-    return b"".join([data[:first], _U32.pack(size), b"IDAT", *stream, _U32.pack(crc), data[end:]])
+    length = sum(len(part) for part in stream)
+    return b"".join([data[:first], _U32.pack(length), b"IDAT", *stream, _U32.pack(crc), data[end:]])

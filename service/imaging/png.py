@@ -8,7 +8,8 @@
 A drawing pad's PNG is mostly inflating: on a 280x280 canvas, zlib's inflate is nine tenths of
 libspng's decoding, and ISA-L inflates the same stream about four times as fast. Re-stored in
 uncompressed deflate blocks, the image data leaves libspng only a copy and the unfiltering, so
-the pixels are libspng's own, bit for bit, at about 0.7 of its cost (bench/bench_imaging.py).
+the pixels are libspng's own, bit for bit, at 0.7-0.8 of its cost on a 280x280 canvas
+(bench/bench_imaging.py, bench/RESULTS.md).
 """
 
 from __future__ import annotations

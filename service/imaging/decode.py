@@ -35,15 +35,7 @@ try:  # libspng decodes PNG about 1.7x as fast as Pillow's zlib path (bench/benc
 except ImportError:  # an install without it decodes every PNG with Pillow
     pyspng = None
 
-__all__ = [
-    "DEFAULT_MAX_PIXELS",
-    "SUPPORTED_FORMATS",
-    "WORKING_SIDE",
-    "Luma",
-    "decode_image",
-    "decode_luma",
-    "luma_of",
-]
+__all__ = ["DEFAULT_MAX_PIXELS", "SUPPORTED_FORMATS", "WORKING_SIDE", "Luma", "decode_image", "decode_luma", "luma_of"]
 
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "BMP", "WEBP", "GIF"})
 DEFAULT_MAX_PIXELS: int = 40_000_000

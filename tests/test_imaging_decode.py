@@ -931,3 +931,69 @@ def test_canvas_uploads_decode_the_same_with_and_without_isal(monkeypatch: pytes
     with pytest.raises(ImageDecodeError) as error_without:
         decode.decode_luma(bytes(corrupt))
     assert str(error_with.value) == str(error_without.value)
+
+
+# --- libspng through its C API (service/imaging/spng.py) ------------------------------------
+
+
+@pytest.mark.parametrize(("mode", "interlace"),
+                         [("L", False), ("RGB", False), ("RGBA", False), ("RGBA", True)])
+def test_spng_load_gives_the_pixels_pyspng_gives(mode: str, interlace: bool) -> None:
+    """Called through its C API, libspng decodes each colour type the service hands it (grey,
+    RGB, RGBA; the rest go to Pillow) to exactly pyspng's pixels,
+    from the file as written and from its image data re-stored uncompressed."""
+    pyspng = pytest.importorskip("pyspng")
+    from service.imaging import spng
+    from service.imaging.png import png_header, with_stored_data
+
+    if not spng.available():
+        pytest.skip("this pyspng build does not export libspng's functions")
+    canvas = _stroke_canvas(3, side=200)
+    canvas[..., 1] = np.arange(200, dtype=np.uint8)[None, :]  # channels that differ
+    data = _interlaced_png(canvas) if interlace else _png_bytes(canvas, mode)
+    header = png_header(data)
+    assert header is not None and header.interlace == int(interlace)
+    for source in (data, with_stored_data(data, header)):
+        assert source is not None
+        pixels = spng.load(source, mode, header.width, header.height)
+        assert pixels is not None and pixels.flags.c_contiguous
+        np.testing.assert_array_equal(pixels, pyspng.load(source, mode))
+
+
+def test_spng_load_refuses_what_it_cannot_decode() -> None:
+    """None, never an exception or a crash, for a file cut short, one whose header declares
+    another size than the caller read, and bytes that are no PNG: Pillow then decodes them and
+    names what is wrong."""
+    pytest.importorskip("pyspng")
+    from service.imaging import spng
+
+    if not spng.available():
+        pytest.skip("this pyspng build does not export libspng's functions")
+    data = _png_bytes(_stroke_canvas(1, side=64), "RGBA")
+    assert spng.load(data, "RGBA", 64, 64) is not None
+    assert spng.load(data[: len(data) // 2], "RGBA", 64, 64) is None
+    assert spng.load(data, "RGBA", 63, 64) is None
+    assert spng.load(data, "L", 64, 64) is None  # libspng gives grey only from a grey PNG, as pyspng
+    assert spng.load(b"not a png at all", "L", 1, 1) is None
+    assert spng.load(b"", "L", 1, 1) is None
+
+
+def test_canvas_uploads_decode_the_same_through_pyspng(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where libspng's C API is not reachable (another pyspng build), pyspng's own binding decodes
+    drawing pads to the same luminance, and a corrupt one to the same error."""
+    pytest.importorskip("pyspng")
+    from service.imaging import decode, spng
+
+    canvases = [_png_bytes(_stroke_canvas(seed), "RGBA") for seed in range(3)]
+    corrupt = bytearray(canvases[0])
+    corrupt[corrupt.index(b"IDAT") + 30] ^= 0xFF
+    direct = [decode.decode_luma(data).values for data in canvases]
+    with pytest.raises(ImageDecodeError) as error_direct:
+        decode.decode_luma(bytes(corrupt))
+    monkeypatch.setattr(spng, "_LIB", None)
+    assert not spng.available()
+    for data, values in zip(canvases, direct, strict=True):
+        np.testing.assert_array_equal(decode.decode_luma(data).values, values)
+    with pytest.raises(ImageDecodeError) as error_binding:
+        decode.decode_luma(bytes(corrupt))
+    assert str(error_direct.value) == str(error_binding.value)

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
+from service.imaging import spng
 from service.imaging.errors import ImageDecodeError, ImageTooLargeError
 from service.imaging.png import PngHeader, png_header, with_stored_data
 
@@ -226,7 +227,9 @@ def decode_luma(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, working_si
     if pixels is not None:  # a drawing pad's export, most uploads: no Pillow header parse
         if pixels.ndim == 2:
             return Luma(pixels.astype(np.float32), 1.0)  # grey: already the luminance
-        return Luma(luma_of(Image.fromarray(pixels, "RGB" if pixels.shape[2] == 3 else "RGBA")), 1.0)
+        if pixels.shape[2] == 4:
+            return Luma(_composite_alpha(pixels), 1.0)  # a drawing pad's RGBA: no Pillow image
+        return Luma(luma_of(Image.fromarray(pixels, "RGB")), 1.0)
     image = _open(data, max_pixels)
     longest = max(image.size)  # the uploaded side, whatever the EXIF orientation
     jpeg = _FORMAT_ALIASES.get(image.format or "", image.format) == "JPEG"
@@ -277,8 +280,11 @@ def _spng_decode(data: bytes, mode: str, header: PngHeader) -> np.ndarray | None
     The image data is inflated by ISA-L first where it can be (`png.with_stored_data`)."""
     if b"tRNS" in data or b"eXIf" in data or b"xmp" in data:
         return None
+    source = with_stored_data(data, header) or data
+    if spng.available():  # libspng with the interpreter released while it decodes
+        return spng.load(source, mode, header.width, header.height)
     try:
-        pixels = pyspng.load(with_stored_data(data, header) or data, mode)
+        pixels = pyspng.load(source, mode)
     except (RuntimeError, ValueError):
         return None
     return pixels if pixels.shape[:2] == (header.height, header.width) else None
@@ -315,10 +321,8 @@ def luma_of(image: Image.Image) -> np.ndarray:
     `_composite_alpha`); 16-bit and float images scaled by their mode's range."""
     if image.mode in _WIDE_INT_MODES or image.mode == "F":
         return _wide_to_luma(image)
-    if image.mode in ("RGBA", "LA") and image.getchannel("A").getextrema() == (255, 255):
-        image = _convert(image, "L")  # every pixel opaque (a canvas filled before drawing): no alpha to weigh
-    elif image.mode in _ALPHA_MODES or "transparency" in image.info:
-        return _composite_alpha(image)
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        return _composite_alpha(np.asarray(image if image.mode in ("RGBA", "LA") else _convert(image, "RGBA")))
     if image.mode == "LAB":
         return np.asarray(image.getchannel("L"), dtype=np.float32)  # L* is the lightness
     if image.mode != "L":
@@ -352,8 +356,9 @@ def _wide_to_luma(image: Image.Image) -> np.ndarray:
     return np.clip(values, 0.0, 65535.0) * np.float32(255.0 / 65535.0)
 
 
-def _composite_alpha(image: Image.Image) -> np.ndarray:
-    """Flatten an image with transparency onto a background, as luminance 0..255.
+def _composite_alpha(pixels: np.ndarray) -> np.ndarray:
+    """Flatten uint8 [H,W,4] RGBA or [H,W,2] LA pixels onto a background, as float32 luminance
+    0..255 (the colour's as Pillow's convert("L") gives it).
 
     Where most of the area is transparent, the opaque pixels are the strokes and the alpha
     is the ink. The background is the colour under the transparent pixels when it contrasts
@@ -361,24 +366,28 @@ def _composite_alpha(image: Image.Image) -> np.ndarray:
     otherwise, as in a browser canvas export whose untouched pixels are (0,0,0,0) whatever
     the stroke colour, it is the tone opposite to the strokes. Where most of the area is
     opaque (a screenshot with transparent corners), the picture goes onto its own paper
-    tone. A fully transparent image comes out uniform (no ink).
+    tone; where all of it is (a canvas filled before drawing), it is the colour's luminance.
+    A fully transparent image comes out uniform (no ink). Only the rectangle around the
+    pixels other than transparent black is converted (a drawing's digit is a part of its pad).
     """
-    if image.mode not in ("RGBA", "LA"):
-        image = image.convert("RGBA")
-    width, height = image.size
-    box = image.getbbox(alpha_only=False)  # in C; None: every pixel is (0,0,0,0)
-    if box is None:
+    height, width, channels = pixels.shape
+    pixels = np.ascontiguousarray(pixels)
+    words = pixels.view(np.uint32 if channels == 4 else np.uint16)[..., 0]  # a pixel's bytes as one word
+    left, top, inner_width, inner_height = cv2.boundingRect((words != 0).view(np.uint8))
+    if not inner_width:  # every pixel is transparent black
         return np.zeros((height, width), dtype=np.float32)
-    left, top, right, bottom = box
-    inner = image.crop(box) if (right - left, bottom - top) != (width, height) else image
-    luma = np.asarray(inner.convert("L"))  # [h,w] uint8, ignores alpha
-    alpha = np.asarray(inner.getchannel("A"))  # [h,w] uint8
-    outside = width * height - alpha.size  # transparent black pixels around the box
-    coverage = cv2.sumElems(alpha)[0] / (255.0 * width * height)  # an exact integer sum, faster than numpy's
-    if coverage == 0.0:
+    inner = pixels[top : top + inner_height, left : left + inner_width]
+    alpha = np.ascontiguousarray(inner[..., -1])  # [h,w] uint8
+    area = width * height
+    total = cv2.sumElems(alpha)[0]  # an exact integer sum, faster than numpy's
+    if total == 255.0 * area:  # every pixel opaque (so the rectangle is the image): no alpha to weigh
+        return _grey(inner).astype(np.float32)
+    if total == 0.0:
         return np.zeros((height, width), dtype=np.float32)
+    luma = _grey(inner)  # [h,w] uint8, ignores alpha
+    outside = area - alpha.size  # transparent black pixels around the rectangle
     opaque = alpha >= 128
-    if coverage >= _OPAQUE_PICTURE_COVERAGE:
+    if total >= _OPAQUE_PICTURE_COVERAGE * 255.0 * area:
         background = float(np.median(luma[opaque]))  # the picture's paper
     else:
         strokes = luma[opaque] if opaque.any() else luma[alpha > 0]
@@ -386,11 +395,22 @@ def _composite_alpha(image: Image.Image) -> np.ndarray:
         if under is not None and _contrasts(strokes, under):
             background = under
         else:
-            background = 255.0 if float(strokes.mean()) < 127.5 else 0.0
+            background = 255.0 if cv2.mean(strokes)[0] < 127.5 else 0.0  # an exact sum, as numpy's mean
     flat = np.full((height, width), background, dtype=np.float32)
     weight = alpha.astype(np.float32) * np.float32(1 / 255)
-    flat[top:bottom, left:right] = np.float32(background) + weight * (luma - np.float32(background))
+    flat[top : top + inner_height, left : left + inner_width] = np.float32(background) + weight * (
+        luma - np.float32(background)
+    )
     return flat
+
+
+def _grey(pixels: np.ndarray) -> np.ndarray:
+    """uint8 [h,w] luminance of [h,w,4] RGBA (Pillow's convert("L"), alpha ignored) or [h,w,2] LA."""
+    if pixels.shape[2] == 2:
+        return np.ascontiguousarray(pixels[..., 0])
+    height, width = pixels.shape[:2]
+    image = Image.frombuffer("RGBA", (width, height), np.ascontiguousarray(pixels), "raw", "RGBA", 0, 1)
+    return np.asarray(image.convert("L"))
 
 
 def _contrasts(strokes: np.ndarray, under: float) -> bool:

@@ -9,6 +9,7 @@ import pytest
 from service.imaging import NoInkError, ink, preprocess_image_bytes
 from service.imaging.decode import decode_luma
 from service.imaging.ink import find_ink
+from service.imaging.luma import Luma
 from testkit import handwriting
 
 
@@ -134,9 +135,15 @@ def test_clean_image_is_thresholded_on_its_ink_rectangle_as_on_the_whole(shape: 
         for _ in range(3):
             row, col = top + int(rng.integers(height)), left + int(rng.integers(width))
             image[row : min(row + 12, top + height), col : min(col + 9, left + width)] = rng.uniform(30, 255)
-        found = ink_module._clean_contrast(image)
+        found = ink_module._clean_contrast(Luma(image))
         assert found is not None
         contrast, origin = found
+        # Handed as the rectangle around the ink on a margin of paper (as a drawing pad's decoding
+        # hands it), the image gives the same contrast at the same place.
+        rectangle = Luma(image[top : top + height, left : left + width].copy(), 1.0, (top, left), shape, 0.0)
+        again = ink_module._clean_contrast(rectangle)
+        assert again is not None and again[1] == origin
+        np.testing.assert_array_equal(again[0], contrast)
         whole = np.zeros(shape, np.float32)
         whole[origin[0] : origin[0] + contrast.shape[0], origin[1] : origin[1] + contrast.shape[1]] = contrast
         np.testing.assert_array_equal(whole, image)  # white ink on black: the contrast is the image
@@ -149,6 +156,45 @@ def test_clean_image_is_thresholded_on_its_ink_rectangle_as_on_the_whole(shape: 
         for field in ("strength", "labels", "boxes", "areas"):
             np.testing.assert_array_equal(getattr(windowed, field), getattr(reference, field))
         assert windowed.core == reference.core
+
+
+def _inks_equal(a: ink.Ink, b: ink.Ink) -> None:
+    for field in ("strength", "labels", "boxes", "areas"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    assert a.core == b.core
+
+
+def test_a_drawing_pads_ink_is_found_on_its_strokes_rectangle_as_on_the_whole_pad(
+    mnist_test_sample: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """A transparent drawing pad decodes to the rectangle around its strokes on a margin of
+    background, and its ink is exactly the ink of the whole pad written out: on generated
+    canvases (one and two pieces), on strokes that reach the pad's top-left corner, and on an
+    empty pad (no ink either way)."""
+    from PIL import Image
+
+    digits, labels = mnist_test_sample
+    uploads = [s.data for s in handwriting.canvases(digits, labels, 24, seed=31)]
+    uploads += [s.data for s in handwriting.canvases(digits, labels, 8, seed=32, lifted=True)]
+    corner = np.zeros((120, 120, 4), np.uint8)
+    corner[0:40, 0:8, 3] = 255  # a stroke from the corner down the left edge...
+    corner[30:90, 40:52, 3] = 255  # ...and one in the middle
+    rectangles = 0
+    for data in [*uploads, _png(Image.fromarray(corner, "RGBA"))]:
+        luma = decode_luma(data)
+        rectangles += not luma.whole
+        _inks_equal(find_ink(luma), find_ink(luma.values))
+    assert rectangles >= len(uploads) // 3  # the transparent ones (the rest are white on black)
+    with pytest.raises(NoInkError):
+        find_ink(decode_luma(_png(Image.new("RGBA", (64, 64), (0, 0, 0, 0)))))
+
+
+def _png(image: object) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    image.save(out, "PNG")  # type: ignore[attr-defined]
+    return out.getvalue()
 
 
 def test_flat_image_has_no_ink() -> None:

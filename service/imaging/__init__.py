@@ -1,6 +1,7 @@
 """Any image -> the model's input, and a handwritten number -> its digits. No HTTP here.
 
-    bytes --decode.decode_luma--> luminance [H,W] (formats, EXIF, size limits, transparency)
+    bytes --decode.decode_luma--> luma.Luma: luminance [H,W] (formats, EXIF, size limits,
+                                  transparency; a drawing pad's: the rectangle around its strokes)
           --ink.find_ink--> the ink's pieces (light flattened, polarity, threshold, components)
           --mnist.to_mnist--> [28,28] MNIST-style digit              (preprocess_image_bytes)
           --segment.split_digits--> one [28,28] and one box per digit     (read_number_bytes)
@@ -48,7 +49,7 @@ __all__ = [
 
 def preprocess_image_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Uploaded image bytes -> float32 [28,28] MNIST-style digit: all of the image's ink."""
-    ink = find_ink(decode_luma(data, max_pixels=max_pixels).values)
+    ink = find_ink(decode_luma(data, max_pixels=max_pixels))
     left, top = ink.boxes[:, :2].min(axis=0)
     right, bottom = (ink.boxes[:, :2] + ink.boxes[:, 2:]).max(axis=0)
     return to_mnist(ink.strength[top:bottom, left:right])  # the rectangle around all of the ink
@@ -58,4 +59,4 @@ def read_number_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> l
     """Uploaded image bytes -> its digits, left to right: each one's [28,28] and its box in the
     uploaded image's pixels."""
     luma = decode_luma(data, max_pixels=max_pixels)
-    return split_digits(find_ink(luma.values), scale=luma.scale)
+    return split_digits(find_ink(luma), scale=luma.scale)

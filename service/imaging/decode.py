@@ -1,12 +1,14 @@
 """Bytes -> pixels: the accepted formats, their size limits, EXIF orientation, and luminance.
 
     bytes --decode_image--> PIL image (checked format and size, upright)
-          --decode_luma--> float32 [H,W] luminance 0..255, transparency flattened,
+          --decode_luma--> luma.Luma: float32 luminance 0..255, transparency flattened,
                            shrunk by a whole factor when larger than the working size
 
 An 8-bit L, RGB or RGBA PNG up to the working size (a drawing pad's export) skips Pillow's
 header parse (tens of microseconds, a tenth of such an upload's cost): its size comes from
-the 33 bytes of its IHDR chunk, and libspng decodes it.
+the 33 bytes of its IHDR chunk, and libspng decodes it (spng.py: with the interpreter
+released). A transparent one's luminance is the rectangle around its strokes: the pad
+around them is one background tone, which is all the ink finding needs to know of it.
 
 The size is checked from the header before any pixel is decoded (decompression bombs),
 only the formats people send are tried, and a file that is not one of them is named in
@@ -21,7 +23,6 @@ import re
 import struct
 import warnings
 import zlib
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -29,6 +30,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from service.imaging import spng
 from service.imaging.errors import ImageDecodeError, ImageTooLargeError
+from service.imaging.luma import Luma
 from service.imaging.png import PngHeader, png_header, with_stored_data
 
 try:  # libspng decodes PNG about 1.7x as fast as Pillow's zlib path (bench/bench_imaging.py)
@@ -36,7 +38,7 @@ try:  # libspng decodes PNG about 1.7x as fast as Pillow's zlib path (bench/benc
 except ImportError:  # an install without it decodes every PNG with Pillow
     pyspng = None
 
-__all__ = ["DEFAULT_MAX_PIXELS", "SUPPORTED_FORMATS", "WORKING_SIDE", "Luma", "decode_image", "decode_luma", "luma_of"]
+__all__ = ["DEFAULT_MAX_PIXELS", "SUPPORTED_FORMATS", "WORKING_SIDE", "decode_image", "decode_luma", "luma_of"]
 
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "BMP", "WEBP", "GIF"})
 DEFAULT_MAX_PIXELS: int = 40_000_000
@@ -210,15 +212,6 @@ _SPNG_MODES = frozenset({"L", "RGB", "RGBA"})  # 8 bits a channel, as pyspng out
 _WIDE_INT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
-@dataclass(frozen=True, slots=True)
-class Luma:
-    """An image's luminance, float32 [H,W] on 0..255, and the factor it was shrunk by: pixel
-    (r, c) of `values` covers pixel (r*scale, c*scale) of the uploaded image."""
-
-    values: np.ndarray
-    scale: float = 1.0
-
-
 def decode_luma(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, working_side: int = WORKING_SIDE) -> Luma:
     """Uploaded bytes -> their luminance, shrunk by a whole factor to at most `working_side`
     pixels a side (a JPEG: JPEG_WORKING_SIDE, decoding straight to the smaller size; others are
@@ -228,7 +221,7 @@ def decode_luma(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, working_si
         if pixels.ndim == 2:
             return Luma(pixels.astype(np.float32), 1.0)  # grey: already the luminance
         if pixels.shape[2] == 4:
-            return Luma(_composite_alpha(pixels), 1.0)  # a drawing pad's RGBA: no Pillow image
+            return _composite_alpha(pixels)  # a drawing pad's RGBA: no Pillow image; its strokes' rectangle
         return Luma(luma_of(Image.fromarray(pixels, "RGB")), 1.0)
     image = _open(data, max_pixels)
     longest = max(image.size)  # the uploaded side, whatever the EXIF orientation
@@ -322,7 +315,7 @@ def luma_of(image: Image.Image) -> np.ndarray:
     if image.mode in _WIDE_INT_MODES or image.mode == "F":
         return _wide_to_luma(image)
     if image.mode in _ALPHA_MODES or "transparency" in image.info:
-        return _composite_alpha(np.asarray(image if image.mode in ("RGBA", "LA") else _convert(image, "RGBA")))
+        return _composite_alpha(np.asarray(image if image.mode in ("RGBA", "LA") else _convert(image, "RGBA"))).values
     if image.mode == "LAB":
         return np.asarray(image.getchannel("L"), dtype=np.float32)  # L* is the lightness
     if image.mode != "L":
@@ -356,9 +349,10 @@ def _wide_to_luma(image: Image.Image) -> np.ndarray:
     return np.clip(values, 0.0, 65535.0) * np.float32(255.0 / 65535.0)
 
 
-def _composite_alpha(pixels: np.ndarray) -> np.ndarray:
-    """Flatten uint8 [H,W,4] RGBA or [H,W,2] LA pixels onto a background, as float32 luminance
-    0..255 (the colour's as Pillow's convert("L") gives it).
+def _composite_alpha(pixels: np.ndarray) -> Luma:
+    """Flatten uint8 [H,W,4] RGBA or [H,W,2] LA pixels onto a background, as luminance (the
+    colour's as Pillow's convert("L") gives it): the rectangle around the pixels other than
+    transparent black, on a margin of the background.
 
     Where most of the area is transparent, the opaque pixels are the strokes and the alpha
     is the ink. The background is the colour under the transparent pixels when it contrasts
@@ -367,23 +361,22 @@ def _composite_alpha(pixels: np.ndarray) -> np.ndarray:
     the stroke colour, it is the tone opposite to the strokes. Where most of the area is
     opaque (a screenshot with transparent corners), the picture goes onto its own paper
     tone; where all of it is (a canvas filled before drawing), it is the colour's luminance.
-    A fully transparent image comes out uniform (no ink). Only the rectangle around the
-    pixels other than transparent black is converted (a drawing's digit is a part of its pad).
+    A fully transparent image comes out uniform (no ink).
     """
     height, width, channels = pixels.shape
     pixels = np.ascontiguousarray(pixels)
     words = pixels.view(np.uint32 if channels == 4 else np.uint16)[..., 0]  # a pixel's bytes as one word
     left, top, inner_width, inner_height = cv2.boundingRect((words != 0).view(np.uint8))
     if not inner_width:  # every pixel is transparent black
-        return np.zeros((height, width), dtype=np.float32)
+        return Luma(np.zeros((height, width), dtype=np.float32))
     inner = pixels[top : top + inner_height, left : left + inner_width]
     alpha = np.ascontiguousarray(inner[..., -1])  # [h,w] uint8
     area = width * height
     total = cv2.sumElems(alpha)[0]  # an exact integer sum, faster than numpy's
     if total == 255.0 * area:  # every pixel opaque (so the rectangle is the image): no alpha to weigh
-        return _grey(inner).astype(np.float32)
+        return Luma(_grey(inner).astype(np.float32))
     if total == 0.0:
-        return np.zeros((height, width), dtype=np.float32)
+        return Luma(np.zeros((height, width), dtype=np.float32))
     luma = _grey(inner)  # [h,w] uint8, ignores alpha
     outside = area - alpha.size  # transparent black pixels around the rectangle
     opaque = alpha >= 128
@@ -396,12 +389,9 @@ def _composite_alpha(pixels: np.ndarray) -> np.ndarray:
             background = under
         else:
             background = 255.0 if cv2.mean(strokes)[0] < 127.5 else 0.0  # an exact sum, as numpy's mean
-    flat = np.full((height, width), background, dtype=np.float32)
     weight = alpha.astype(np.float32) * np.float32(1 / 255)
-    flat[top : top + inner_height, left : left + inner_width] = np.float32(background) + weight * (
-        luma - np.float32(background)
-    )
-    return flat
+    flat = np.float32(background) + weight * (luma - np.float32(background))
+    return Luma(flat, 1.0, (top, left), (height, width), background)
 
 
 def _grey(pixels: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from service.imaging.errors import no_ink
+from service.imaging.luma import Luma
 
 __all__ = ["Ink", "find_ink"]
 
@@ -74,44 +75,55 @@ class Ink:
     core: float
 
 
-def find_ink(luma: np.ndarray) -> Ink:
-    """Luminance float32 [H,W] 0..255 -> its ink. Raises NoInkError when there is none."""
-    image: np.ndarray = np.asarray(luma, dtype=np.float32)
-    if image.ndim != 2 or image.size == 0:
-        raise ValueError(f"find_ink expects a non-empty 2-D [H,W] array, got shape {image.shape}")
-    small = min(image.shape) < _SMALL_SIDE
-    clean = _clean_contrast(image)
+def find_ink(luma: Luma | np.ndarray) -> Ink:
+    """Luminance (float32 [H,W] 0..255, or a `Luma`: a drawing pad's is the rectangle around its
+    strokes) -> its ink. Raises NoInkError when there is none."""
+    if not isinstance(luma, Luma):
+        luma = Luma(np.asarray(luma, dtype=np.float32))
+    shape = luma.image_shape
+    if luma.rectangle.ndim != 2 or not luma.rectangle.size:
+        raise ValueError(f"find_ink expects a non-empty 2-D [H,W] array, got shape {luma.rectangle.shape}")
+    small = min(shape) < _SMALL_SIDE
+    clean = _clean_contrast(luma)
     if clean is not None:
         contrast, origin = clean
-        return _pieces(contrast, image.shape, origin, small, clean=True)
+        return _pieces(contrast, shape, origin, small, clean=True)
+    image = luma.values
     if not small and _pixel_noise(image) > _NOISY:
         image = cv2.GaussianBlur(image, (0, 0), _SMOOTH_SIGMA)
     thumb = _thumbnail(image)
     if not _dark_ink(image, thumb):
         image, thumb = np.float32(255.0) - image, np.float32(255.0) - thumb  # light ink: now dark
-    return _pieces(_flatten(image, thumb, small), image.shape, (0, 0), small, clean=False)
+    return _pieces(_flatten(image, thumb, small), shape, (0, 0), small, clean=False)
 
 
-def _clean_contrast(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]] | None:
+def _clean_contrast(luma: Luma) -> tuple[np.ndarray, tuple[int, int]] | None:
     """A drawing or a clean scan: at least half of the pixels exactly at the paper's level (that
     of the top-left corner). Then the contrast is the distance from that level towards the
     farther extreme (the ink), scaled so that the extreme colour (black or white) is 255; else
     None (a photo, a noisy scan: the general path). The contrast is 0 wherever a pixel is at
     the paper's level, so only the rectangle around the other pixels is computed (a drawing's
-    digit is a part of its pad): it comes with its (top, left) in the image."""
-    level = float(image[0, 0])
+    digit is a part of its pad): it comes with its (top, left) in the image. Of a `Luma` whose
+    rectangle leaves the corner in its margin, only the rectangle is looked at: the margin is
+    the paper's level."""
+    if luma.whole or luma.origin == (0, 0):  # the corner may be in the rectangle: the whole image
+        image, top, left = luma.values, 0, 0
+        level = float(image[0, 0])
+    else:
+        image, level, (top, left) = luma.rectangle, float(np.float32(luma.margin)), luma.origin
     differs = image != np.float32(level)
-    if 2 * np.count_nonzero(differs) > image.size:
+    height, width = luma.image_shape
+    if 2 * np.count_nonzero(differs) > height * width:
         return None
-    left, top, width, height = cv2.boundingRect(differs.view(np.uint8))
-    if not width:  # one flat tone
+    x, y, w, h = cv2.boundingRect(differs.view(np.uint8))
+    if not w:  # one flat tone
         raise no_ink()
-    window = image[top : top + height, left : left + width]
+    window = image[y : y + h, x : x + w]
     low, high, _, _ = cv2.minMaxLoc(window)
     low, high = min(low, level), max(high, level)  # as over the whole image
     if level - low > high - level:  # dark ink on light paper
-        return (np.float32(level) - window) * np.float32(255.0 / level), (top, left)
-    return (window - np.float32(level)) * np.float32(255.0 / max(255.0 - level, 1.0)), (top, left)
+        return (np.float32(level) - window) * np.float32(255.0 / level), (top + y, left + x)
+    return (window - np.float32(level)) * np.float32(255.0 / max(255.0 - level, 1.0)), (top + y, left + x)
 
 
 def _median(values: np.ndarray) -> float:

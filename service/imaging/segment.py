@@ -92,7 +92,7 @@ class _Group:
 
 def split_digits(ink: Ink, *, scale: float = 1.0) -> list[DigitImage]:
     """The ink of an image -> its digits left to right. `scale` maps the ink's pixels to the
-    uploaded image's (decode.Luma.scale)."""
+    uploaded image's (luma.Luma.scale)."""
     pieces = [_Group([k + 1], int(x), int(y), int(x + w), int(y + h)) for k, (x, y, w, h) in enumerate(ink.boxes)]
     groups, height = _grouped(pieces)
     digits: list[DigitImage] = []

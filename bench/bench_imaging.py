@@ -232,16 +232,25 @@ def _libraries(photo: bytes, rounds: int) -> None:
 
 
 def _png_decoding(pads: list[bytes], rounds: int) -> None:
-    """A drawing pad's PNG decoded by libspng alone, and with its image data inflated by ISA-L first
-    (png.with_stored_data), at the canvas's size and at other sides (the same strokes resized)."""
+    """A drawing pad's PNG decoded by libspng through pyspng, with its image data inflated by ISA-L
+    first (png.with_stored_data), and the same through libspng's C API (spng.py, the service's
+    path), at the canvas's size and at other sides (the same strokes resized); then two threads
+    decoding twice as many canvases, against one thread: pyspng holds the interpreter while it
+    decodes, the C API lets go of it."""
     import io
+    import threading
 
     import pyspng
     from PIL import Image
 
+    from service.imaging import spng
     from service.imaging.png import png_header, with_stored_data
 
-    print(f"PNG decoding, libspng alone and after ISA-L's inflate, one thread (median of {rounds}):")
+    if not spng.available():
+        print("PNG decoding: this pyspng does not export libspng's functions; skipped")
+        return
+    print(f"PNG decoding, one thread (median of {rounds}): libspng through pyspng; after ISA-L's inflate; "
+          "and after ISA-L's inflate through libspng's C API:")
     with Image.open(io.BytesIO(pads[0])) as first:
         mode = first.mode
     for side in (64, 100, 140, 200, 280, 560):
@@ -261,9 +270,49 @@ def _png_decoding(pads: list[bytes], rounds: int) -> None:
                 header = png_header(data)
                 pyspng.load((with_stored_data(data, header) if header else None) or data, mode)
 
-        ms = _median_ms({"alone": alone, "stored": stored}, rounds)
-        print(f"  {side:3d}x{side:<3d} {mode:4s} libspng {1e3 * ms['alone'] / len(files):6.0f} µs   "
-              f"ISA-L + libspng {1e3 * ms['stored'] / len(files):6.0f} µs   ({ms['stored'] / ms['alone']:.2f}x)")
+        def c_api(files: list[bytes] = files) -> None:
+            for data in files:
+                header = png_header(data)
+                assert header is not None
+                spng.load(with_stored_data(data, header) or data, mode, header.width, header.height)
+
+        ms = _median_ms({"alone": alone, "stored": stored, "c_api": c_api}, rounds)
+        print(f"  {side:3d}x{side:<3d} {mode:4s} pyspng {1e3 * ms['alone'] / len(files):6.0f} µs   "
+              f"ISA-L + pyspng {1e3 * ms['stored'] / len(files):6.0f} µs ({ms['stored'] / ms['alone']:.2f}x)   "
+              f"ISA-L + C API {1e3 * ms['c_api'] / len(files):6.0f} µs ({ms['c_api'] / ms['alone']:.2f}x)")
+
+    def in_threads(decode: Callable[[], None], count: int) -> None:
+        threads = [threading.Thread(target=decode) for _ in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    stored_pads = []
+    for data in pads:
+        header = png_header(data)
+        assert header is not None
+        stored_pads.append((with_stored_data(data, header) or data, header))
+    def by_pyspng() -> None:
+        for data, _ in stored_pads:
+            pyspng.load(data, mode)
+
+    def by_c_api() -> None:
+        for data, header in stored_pads:
+            spng.load(data, mode, header.width, header.height)
+
+    by_binding: dict[str, Callable[[], None]] = {"pyspng": by_pyspng, "C API": by_c_api}
+    print("  two threads, each decoding the canvases (stored data), against one thread decoding them once "
+          f"(median of {max(3, rounds // 10)}; 2.0x: no parallelism, 1.0x: two cores' worth):")
+    for name, decode in by_binding.items():
+        def one(decode: Callable[[], None] = decode) -> None:
+            in_threads(decode, 1)
+
+        def two(decode: Callable[[], None] = decode) -> None:
+            in_threads(decode, 2)
+
+        ms = _median_ms({"one": one, "two": two}, max(3, rounds // 10))
+        print(f"    {name:6s} {ms['two'] / ms['one']:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:

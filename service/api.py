@@ -21,6 +21,7 @@ from service import imaging
 from service.deps import json_response, registry_of, settings_of
 from service.errors import ImageError, RequestError
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from service.preprocess_pool import PreprocessPool, WorkerLost
 from service.registry import RequestTimeoutError
 from service.routing import LeanRoute
 from service.schemas import (
@@ -116,7 +117,7 @@ async def read_inputs(request: Request, settings: Settings) -> tuple[np.ndarray,
     body = await read_body(request, settings, pixels=True)
     if isinstance(body, np.ndarray):
         return body, asyncio.get_running_loop().time()
-    digits, since = await decode_blobs(imaging.preprocess_image_bytes, body, settings)
+    digits, since = await decode_blobs(request, imaging.preprocess_image_bytes, body)
     return np.stack(digits).reshape(len(digits), *IMAGE_SHAPE), since  # [N,1,28,28]
 
 
@@ -175,26 +176,54 @@ def _decode_inline(blobs: list[bytes], budget: int) -> bool:
     return True
 
 
-async def decode_blobs(
-    convert: Callable[..., T], blobs: list[bytes], settings: Settings
-) -> tuple[list[T], float]:
+# What a worker process runs for each of the package's functions (service/preprocess_pool.py).
+_WORKER_KINDS: dict[Callable[..., Any], str] = {imaging.preprocess_image_bytes: "digit",
+                                                imaging.read_number_bytes: "number"}
+
+
+async def decode_blobs(request: Request, convert: Callable[..., T], blobs: list[bytes]) -> tuple[list[T], float]:
     """``convert(data, max_pixels=max_image_pixels)`` for every image -> (the results, the event loop's clock
     when the body was in), or a timeout error when it waited more than the request timeout for a decoding
-    thread. A bad image's error names its position (from 1).
+    thread or worker. A bad image's error names its position (from 1).
 
     Small PNGs (together at most ``decode_inline_pixels``, by their headers: what a drawing pad sends) are
-    decoded on the event loop itself; everything else in the decoding threads. Preprocessing is many short
-    library calls, each of which lets go of the interpreter and must win it back from the event loop, so
-    on a busy server a thread costs a small image more than it gives (bench/RESULTS.md)."""
+    decoded on the event loop itself, or, while the loop has other requests to serve, often by a worker
+    process (``decode_processes``, see service/preprocess_pool.py); everything else in the decoding threads.
+    Preprocessing is many short library calls, each of which lets go of the interpreter and must win it
+    back from the event loop, so on a busy server a thread costs a small image more than it gives
+    (bench/RESULTS.md); a process has an interpreter of its own."""
+    settings = settings_of(request)
+    metrics = request.app.state.metrics
+    pool: PreprocessPool = request.app.state.preprocess_pool
     since = asyncio.get_running_loop().time()
     if _decode_inline(blobs, settings.decode_inline_pixels):
+        if len(blobs) == 1 and pool.take(metrics.in_flight):
+            try:
+                async with asyncio.timeout_at(since + settings.request_timeout_s):
+                    result = await pool.run(_WORKER_KINDS[convert], blobs[0], settings.max_image_pixels)
+            except WorkerLost:
+                pass  # preprocessed here instead, below
+            except imaging.ImagingError as exc:
+                raise ImageError(0, 1, exc) from None
+            except TimeoutError:
+                raise _timeout(settings, "preprocessed") from None
+            else:
+                metrics.preprocessed["worker"].inc()
+                return [result], since
+        metrics.preprocessed["loop"].inc(len(blobs))
         return _each_image(convert, blobs, settings.max_image_pixels), since
     try:
         async with asyncio.timeout_at(since + settings.request_timeout_s):
-            return await run_in_threadpool(_each_image, convert, blobs, settings.max_image_pixels), since
+            results = await run_in_threadpool(_each_image, convert, blobs, settings.max_image_pixels)
     except TimeoutError:
-        raise RequestTimeoutError(f"the request waited more than {settings.request_timeout_s:g} s to have its "
-                                  "images decoded (the server is busy decoding others); retry later") from None
+        raise _timeout(settings, "decoded") from None
+    metrics.preprocessed["thread"].inc(len(blobs))
+    return results, since
+
+
+def _timeout(settings: Settings, done: str) -> RequestTimeoutError:
+    return RequestTimeoutError(f"the request waited more than {settings.request_timeout_s:g} s to have its "
+                               f"images {done} (the server is busy with others); retry later")
 
 
 async def predict(request: Request, query: Annotated[PredictQuery, Query()]) -> Response:

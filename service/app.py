@@ -9,12 +9,14 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from core.machine import usable_cores
 from service import api, openapi, read, repository, v2, web
 from service.drain import Drain
 from service.errors import install_error_handlers
 from service.lifespan import lifespan
 from service.metrics import Metrics
 from service.middleware import ServiceMiddleware
+from service.preprocess_pool import PreprocessPool, default_processes
 from service.registry import ModelRegistry
 from service.routing import DirectRoutes
 from service.settings import Settings
@@ -27,11 +29,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     registry = ModelRegistry(settings, metrics)
     drain = Drain(settings.shutdown_drain_s, registry.status)
+    processes = settings.decode_processes
+    pool = PreprocessPool(default_processes(usable_cores(), settings.workers) if processes is None else processes)
     app = FastAPI(
         title="digits",
         version=VERSION,
         description="Handwritten digit recognition on ONNX Runtime with dynamic batching.",
-        lifespan=lifespan(settings, registry, drain),
+        lifespan=lifespan(settings, registry, drain, pool),
         docs_url=None,  # served by service.openapi from packaged assets
         redoc_url=None,
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
@@ -40,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.registry = registry
     app.state.drain = drain
+    app.state.preprocess_pool = pool
     install_error_handlers(app)
     app.include_router(api.router)
     app.include_router(read.router)

@@ -32,6 +32,12 @@ class Metrics:
         self.pending = Gauge("digits_pending_images", "images waiting in the batch queue", ["model"], registry=r)
         self.rejected = Counter("digits_rejected", "requests refused before inference, by reason",
                                 ["reason"], registry=r)
+        self.in_flight = 0  # HTTP requests between their headers and their answer (the middleware counts)
+        Gauge("digits_requests_in_flight", "HTTP requests being served", registry=r).set_function(
+            lambda: self.in_flight)
+        uploads = Counter("digits_preprocessed_uploads", "uploaded images preprocessed, by where: the event "
+                          "loop, a worker process, a decoding thread", ["where"], registry=r)
+        self.preprocessed = {where: uploads.labels(where) for where in ("loop", "worker", "thread")}
         # Labelled children by (route, method, status): .labels() costs more than the increment itself.
         # Bounded: routes are templates, methods the few HTTP's parser accepts, statuses a handful.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}

@@ -101,6 +101,7 @@ class ServiceMiddleware:
             await send(message)
 
         direct = self.direct.match(scope["method"], path) if self.direct is not None else None
+        self.metrics.in_flight += 1
         try:
             if direct is not None:
                 await DirectRoutes.serve(direct, scope, limited_receive, send_with_headers)
@@ -112,6 +113,7 @@ class ServiceMiddleware:
             status = 413
             await self._too_large(send, extra)
         finally:
+            self.metrics.in_flight -= 1
             self._record(scope, status, started)
 
     async def _too_large(self, send: Send, extra: list[tuple[bytes, bytes]]) -> None:

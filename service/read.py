@@ -95,7 +95,7 @@ async def read(request: Request, query: Annotated[ReadQuery, Query()]) -> Respon
     registry = registry_of(request)
     registry.admit(query.model)  # unknown model 404, full queue 503: before reading the body
     blobs = await read_body(request, settings, pixels=False)  # pixels=False: encoded files only
-    images, since = await decode_blobs(imaging.read_number_bytes, list(blobs), settings)
+    images, since = await decode_blobs(request, imaging.read_number_bytes, list(blobs))
     x = np.stack([digit.pixels for digits in images for digit in digits])[:, None]  # [D,1,28,28]
     served, (_, probabilities) = await registry.infer(query.model, x, settings.request_timeout_s, since=since)
     readings: list[dict[str, Any]] = []

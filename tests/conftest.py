@@ -23,6 +23,13 @@ def _private_data_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
     monkeypatch.delenv("DIGITS_MNIST_MIRRORS", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _no_preprocessing_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apps built by tests start no preprocessing worker process (each takes a couple of seconds to start,
+    and most tests build several apps); tests/test_preprocess_pool.py turns them on where it tests them."""
+    monkeypatch.setenv("DIGITS_DECODE_PROCESSES", "0")
+
+
 @pytest.fixture(scope="session")
 def mnist_test_sample() -> tuple[np.ndarray, np.ndarray]:
     """The first 1,000 real MNIST test images (uint8 [N,28,28]) and labels."""

@@ -6,12 +6,15 @@ loop. But a busy loop then spends all of one core on uploads while the others id
 has an interpreter of its own: the loop writes it the file (a few KB) and reads back the 28x28 digit
 (3 KB), which costs the loop a small part of preprocessing the upload itself.
 
-The split, when more than one request is in flight: each worker takes two uploads for every one the
-loop keeps for itself, as long as it holds fewer than ``BACKLOG`` (past that, the loop does the
-work: a worker that falls behind is not waited for). On 2 cores (one loop, one worker, the load
-generator on the same cores) that split served 1.35-1.6x the canvas uploads of the loop alone at 16
-to 256 clients (bench/RESULTS.md); a lone request stays on the loop, which answers it sooner than
-a round trip to a process.
+The split, when more than one request is in flight: an upload goes to the least busy worker while
+that worker holds fewer than its share of the requests in flight (an equal share for the loop and
+each worker) and fewer than ``BACKLOG``; otherwise the loop preprocesses it. The shares follow the
+speeds: a worker that falls behind fills its share and the loop takes the rest, one that keeps up is
+handed every upload it can take. (The loop reads the workers' answers only between rounds of its
+own work, so "whenever a worker is idle" left the worker waiting, at under a tenth of a core; a
+fixed two-of-three split starved the loop or the worker depending on which was faster that minute.)
+A lone request stays on the loop, which answers it sooner than a round trip to a process. Measured
+on 2 cores in bench/RESULTS.md.
 
 The loop side is an asyncio protocol on one end of a socket pair: writes are buffered by the
 transport and never block the loop. A worker that dies fails its jobs with ``WorkerLost`` (the
@@ -37,7 +40,7 @@ log = logging.getLogger("service")
 
 __all__ = ["BACKLOG", "CRASH_WINDOW_S", "KINDS", "PreprocessPool", "WorkerLost", "default_processes"]
 
-BACKLOG = 64  # jobs a worker may hold: about 80 ms of canvases on 2 cores (16 served fewer at 256 clients)
+BACKLOG = 64  # the most jobs a worker holds (about 100 ms of canvases on 2 cores), however many are in flight
 CRASH_WINDOW_S = 10.0
 START_TIMEOUT_S = 60.0
 KINDS = ("digit", "number")  # imaging.preprocess_image_bytes, imaging.read_number_bytes
@@ -149,7 +152,6 @@ class PreprocessPool:
         self.processes = processes
         self.workers: list[_Worker] = []
         self.stopped = False
-        self._turn = 0
         self._job = 0
         self._quick_deaths = 0
         self._restarts: set[asyncio.Task[None]] = set()
@@ -205,14 +207,13 @@ class PreprocessPool:
         self.workers.append(worker)
 
     def take(self, requests_in_flight: int) -> bool:
-        """Whether the next upload goes to a worker: only while the loop has other requests to serve,
-        two of every three, to a worker holding fewer than BACKLOG jobs."""
+        """Whether the next upload goes to a worker: only while the loop has other requests to serve, and
+        while the least busy worker holds fewer than its share of the requests in flight (an equal share
+        for the loop and each worker) and fewer than BACKLOG."""
         if requests_in_flight <= 1 or not self.running:
             return False
-        self._turn += 1
-        if self._turn % (2 * len(self.workers) + 1) == 0:
-            return False
-        return min(len(w.pending) for w in self.workers) < BACKLOG
+        share = max(1, requests_in_flight // (len(self.workers) + 1))
+        return min(len(w.pending) for w in self.workers) < min(share, BACKLOG)
 
     async def run(self, kind: str, data: bytes, max_pixels: int) -> Any:
         """``kind``'s result for the upload (see KINDS), computed by the least busy worker. Raises what the

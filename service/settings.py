@@ -82,9 +82,9 @@ class Settings(BaseSettings):
     decode_processes: int | None = Field(
         None, ge=0,
         description="worker processes that preprocess small PNG uploads (those decoded on the event loop) beside "
-                    "the loop while it is busy, two of every three; unset: the cores each server process has "
-                    "beyond its own, at most 2 (1 on 2 cores with one worker; on 2 cores it served 1.35-1.6x the "
-                    "canvas uploads of the loop alone at 16 to 256 clients); 0: none",
+                    "the loop while it has other requests to serve, each up to its share of the requests in flight "
+                    "(service/preprocess_pool.py); unset: the cores each server process has beyond its own, at "
+                    "most 2 (1 on 2 cores with one uvicorn worker); 0: none",
     )
 
     # Access control.

@@ -79,24 +79,32 @@ def test_a_worker_gives_what_the_loop_gives(uploads: list[handwriting.Sample]) -
     assert not _alive(pid)
 
 
-def test_the_split_keeps_lone_requests_and_a_share_of_busy_ones_on_the_loop() -> None:
+def test_the_split_keeps_lone_requests_on_the_loop_and_gives_each_worker_its_share() -> None:
     """Nothing goes to a worker while the loop has nothing else to do, or while no worker runs; under
-    load two of three go to a worker, until it holds BACKLOG jobs."""
+    load a worker takes uploads until it holds its share of the requests in flight (half of them with
+    one worker, a third each with two) or BACKLOG, and the least busy one is asked."""
 
     class Held:
-        def __init__(self) -> None:
-            self.pending: dict[int, object] = {}
+        def __init__(self, jobs: int = 0) -> None:
+            self.pending: dict[int, object] = dict.fromkeys(range(jobs))
 
     pool = PreprocessPool(1)
     assert not pool.take(64)  # no worker running
     worker = Held()
     pool.workers = [worker]  # type: ignore[list-item]
-    assert not any(pool.take(1) for _ in range(9))
-    assert [pool.take(64) for _ in range(9)] == [True, True, False] * 3
+    assert not pool.take(1)
+    assert pool.take(2)
+    worker.pending = dict.fromkeys(range(1))
+    assert not pool.take(2) and not pool.take(3) and pool.take(4)
+    worker.pending = dict.fromkeys(range(31))
+    assert pool.take(64)
+    worker.pending = dict.fromkeys(range(32))
+    assert not pool.take(64) and pool.take(66)
     worker.pending = dict.fromkeys(range(BACKLOG))
-    assert not any(pool.take(64) for _ in range(9))
+    assert not pool.take(100_000)
+    pool.workers = [Held(10), Held(3)]  # type: ignore[list-item]
+    assert pool.take(12) and not pool.take(11)  # the least busy holds 3; a third of 12 is 4
     pool.stopped = True
-    worker.pending = {}
     assert not pool.take(64)
 
 

@@ -12,6 +12,7 @@ medians over rounds and their ratios are printed.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -85,9 +86,12 @@ uvloop.run(main())  # the event loop uvicorn runs the service on
 
 def measure(checkout: Path, kind: str, requests: int, stock: bool, digit: Path, concurrency: int,
             upload: tuple[Path, str]) -> float:
+    # No preprocessing worker process: its CPU would not be this process's (the pool's own benefit is
+    # measured under load by bench_service.py).
     out = subprocess.run([sys.executable, "-c", _CHILD, str(checkout), kind, str(requests), "1" if stock else "0",
                           str(digit), str(concurrency), str(upload[0]), upload[1]],
-                         capture_output=True, text=True, check=True, timeout=600).stdout
+                         capture_output=True, text=True, check=True, timeout=600,
+                         env={**os.environ, "DIGITS_DECODE_PROCESSES": "0"}).stdout
     return float(out.strip().splitlines()[-1])
 
 

@@ -913,24 +913,31 @@ def test_stored_image_data_is_refused_for_anything_amiss() -> None:
     assert with_stored_data(with_idat(stream[:10], stream[10:]), header) is not None
 
 
-def test_canvas_uploads_decode_the_same_with_and_without_isal(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Through the whole decoding (decode_luma) the drawing pad's PNG gives the same luminance
-    whether ISA-L inflates it or libspng does, and a corrupt one the same error."""
+@pytest.mark.parametrize(("module", "attribute"), [("png", "isal_zlib"), ("spng", "_LIB")])
+def test_canvas_uploads_decode_the_same_without_a_fast_path(
+    monkeypatch: pytest.MonkeyPatch, module: str, attribute: str
+) -> None:
+    """Through the whole decoding (decode_luma) the drawing pad's PNG gives the same luminance, and a
+    corrupt one the same error, whether ISA-L inflates it or libspng does (png.isal_zlib), and whether
+    libspng is called through its C API or through pyspng's binding, as where another pyspng build
+    does not export its functions (spng._LIB)."""
     pytest.importorskip("pyspng")
-    from service.imaging import decode, png
+    import importlib
+
+    from service.imaging import decode
 
     canvases = [_png_bytes(_stroke_canvas(seed), "RGBA") for seed in range(5)]
     corrupt = bytearray(canvases[0])
     corrupt[corrupt.index(b"IDAT") + 30] ^= 0xFF
-    with_isal = [decode.decode_luma(data).values for data in canvases]
-    with pytest.raises(ImageDecodeError) as error_with:
+    fast = [decode.decode_luma(data).values for data in canvases]
+    with pytest.raises(ImageDecodeError) as error_fast:
         decode.decode_luma(bytes(corrupt))
-    monkeypatch.setattr(png, "isal_zlib", None)
-    for data, values in zip(canvases, with_isal, strict=True):
+    monkeypatch.setattr(importlib.import_module(f"service.imaging.{module}"), attribute, None)
+    for data, values in zip(canvases, fast, strict=True):
         np.testing.assert_array_equal(decode.decode_luma(data).values, values)
-    with pytest.raises(ImageDecodeError) as error_without:
+    with pytest.raises(ImageDecodeError) as error_slow:
         decode.decode_luma(bytes(corrupt))
-    assert str(error_with.value) == str(error_without.value)
+    assert str(error_fast.value) == str(error_slow.value)
 
 
 # --- libspng through its C API (service/imaging/spng.py) ------------------------------------
@@ -976,24 +983,3 @@ def test_spng_load_refuses_what_it_cannot_decode() -> None:
     assert spng.load(data, "L", 64, 64) is None  # libspng gives grey only from a grey PNG, as pyspng
     assert spng.load(b"not a png at all", "L", 1, 1) is None
     assert spng.load(b"", "L", 1, 1) is None
-
-
-def test_canvas_uploads_decode_the_same_through_pyspng(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where libspng's C API is not reachable (another pyspng build), pyspng's own binding decodes
-    drawing pads to the same luminance, and a corrupt one to the same error."""
-    pytest.importorskip("pyspng")
-    from service.imaging import decode, spng
-
-    canvases = [_png_bytes(_stroke_canvas(seed), "RGBA") for seed in range(3)]
-    corrupt = bytearray(canvases[0])
-    corrupt[corrupt.index(b"IDAT") + 30] ^= 0xFF
-    direct = [decode.decode_luma(data).values for data in canvases]
-    with pytest.raises(ImageDecodeError) as error_direct:
-        decode.decode_luma(bytes(corrupt))
-    monkeypatch.setattr(spng, "_LIB", None)
-    assert not spng.available()
-    for data, values in zip(canvases, direct, strict=True):
-        np.testing.assert_array_equal(decode.decode_luma(data).values, values)
-    with pytest.raises(ImageDecodeError) as error_binding:
-        decode.decode_luma(bytes(corrupt))
-    assert str(error_direct.value) == str(error_binding.value)

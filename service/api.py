@@ -176,11 +176,6 @@ def _decode_inline(blobs: list[bytes], budget: int) -> bool:
     return True
 
 
-# What a worker process runs for each of the package's functions (service/preprocess_pool.py).
-_WORKER_KINDS: dict[Callable[..., Any], str] = {imaging.preprocess_image_bytes: "digit",
-                                                imaging.read_number_bytes: "number"}
-
-
 async def decode_blobs(request: Request, convert: Callable[..., T], blobs: list[bytes]) -> tuple[list[T], float]:
     """``convert(data, max_pixels=max_image_pixels)`` for every image -> (the results, the event loop's clock
     when the body was in), or a timeout error when it waited more than the request timeout for a decoding
@@ -200,7 +195,7 @@ async def decode_blobs(request: Request, convert: Callable[..., T], blobs: list[
         if len(blobs) == 1 and pool.take(metrics.in_flight):
             try:
                 async with asyncio.timeout_at(since + settings.request_timeout_s):
-                    result = await pool.run(_WORKER_KINDS[convert], blobs[0], settings.max_image_pixels)
+                    result = await pool.run(convert, blobs[0], settings.max_image_pixels)
             except WorkerLost:
                 pass  # preprocessed here instead, below
             except imaging.ImagingError as exc:

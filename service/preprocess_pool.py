@@ -36,14 +36,19 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, cast
 
+from service import imaging
+
 log = logging.getLogger("service")
 
-__all__ = ["BACKLOG", "CRASH_WINDOW_S", "KINDS", "PreprocessPool", "WorkerLost", "default_processes"]
+__all__ = ["BACKLOG", "CRASH_WINDOW_S", "PreprocessPool", "WorkerLost", "default_processes"]
 
 BACKLOG = 64  # the most jobs a worker holds (about 100 ms of canvases on 2 cores), however many are in flight
 CRASH_WINDOW_S = 10.0
 START_TIMEOUT_S = 60.0
-KINDS = ("digit", "number")  # imaging.preprocess_image_bytes, imaging.read_number_bytes
+# What a worker runs, by name: the imaging package's two entry points (the name travels, not the function).
+_FUNCTIONS: dict[str, Callable[..., Any]] = {"digit": imaging.preprocess_image_bytes,
+                                             "number": imaging.read_number_bytes}
+_NAMES = {function: name for name, function in _FUNCTIONS.items()}
 _LENGTH = struct.Struct("!i")  # multiprocessing.Connection's frame header: a signed 32-bit length
 
 
@@ -63,10 +68,6 @@ def _serve(connection: Connection) -> None:  # pragma: no cover - runs in the wo
     # when the server closes its socket (or kills it), never before the requests it holds are answered.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from service import imaging
-
-    functions: dict[str, Callable[..., Any]] = {"digit": imaging.preprocess_image_bytes,
-                                                "number": imaging.read_number_bytes}
     try:
         connection.send_bytes(b"ready")
     except OSError:
@@ -77,7 +78,7 @@ def _serve(connection: Connection) -> None:  # pragma: no cover - runs in the wo
         except (EOFError, OSError):
             return
         try:
-            reply = (job, True, functions[kind](data, max_pixels=max_pixels))
+            reply = (job, True, _FUNCTIONS[kind](data, max_pixels=max_pixels))
         except Exception as exc:  # every error goes back to the request that sent the job
             reply = (job, False, exc)
         try:
@@ -215,8 +216,9 @@ class PreprocessPool:
         share = max(1, requests_in_flight // (len(self.workers) + 1))
         return min(len(w.pending) for w in self.workers) < min(share, BACKLOG)
 
-    async def run(self, kind: str, data: bytes, max_pixels: int) -> Any:
-        """``kind``'s result for the upload (see KINDS), computed by the least busy worker. Raises what the
+    async def run(self, function: Callable[..., Any], data: bytes, max_pixels: int) -> Any:
+        """``function(data, max_pixels=max_pixels)`` (``imaging.preprocess_image_bytes`` or
+        ``imaging.read_number_bytes``), computed by the least busy worker. Raises what the
         worker raised (an ``ImagingError`` for a bad image), or WorkerLost."""
         worker = min(self.workers, key=lambda w: len(w.pending)) if self.running else None
         if worker is None or worker.transport is None:
@@ -224,7 +226,8 @@ class PreprocessPool:
         self._job += 1
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         worker.pending[self._job] = future
-        worker.send(pickle.dumps((self._job, kind, data, max_pixels), protocol=pickle.HIGHEST_PROTOCOL))
+        worker.send(pickle.dumps((self._job, _NAMES[function], data, max_pixels),
+                                 protocol=pickle.HIGHEST_PROTOCOL))
         return await future
 
     def _lost(self, worker: _Worker) -> None:

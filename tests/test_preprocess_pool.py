@@ -57,9 +57,10 @@ def test_a_worker_gives_what_the_loop_gives(uploads: list[handwriting.Sample]) -
         assert pool.running
         pid = pool.workers[0].process.pid  # type: ignore[union-attr]
         try:
-            digits = await asyncio.gather(*(pool.run("digit", s.data, 10**7) for s in uploads))
-            numbers = await asyncio.gather(*(pool.run("number", s.data, 10**7) for s in uploads[-2:]))
-            errors = await asyncio.gather(*(pool.run("digit", data, 10**7) for data in bad), return_exceptions=True)
+            digits = await asyncio.gather(*(pool.run(imaging.preprocess_image_bytes, s.data, 10**7) for s in uploads))
+            numbers = await asyncio.gather(*(pool.run(imaging.read_number_bytes, s.data, 10**7) for s in uploads[-2:]))
+            errors = await asyncio.gather(*(pool.run(imaging.preprocess_image_bytes, data, 10**7) for data in bad),
+                                          return_exceptions=True)
         finally:
             await pool.close()
         return digits, numbers, list(errors), pid  # type: ignore[return-value]
@@ -230,4 +231,4 @@ def test_with_no_processes_nothing_is_started(models_dir: Path) -> None:
         assert client.get("/healthz").status_code == 200
         assert app.state.preprocess_pool.workers == []
     with pytest.raises(WorkerLost):
-        asyncio.run(PreprocessPool(0).run("digit", b"", 1))
+        asyncio.run(PreprocessPool(0).run(imaging.preprocess_image_bytes, b"", 1))
